@@ -1,0 +1,52 @@
+# splittoken: make install | run | web | demo | test | bench | lint | fuzz
+# A Python >= 3.12 is found by scripts/find_python.sh; override with `make PYTHON=/path/to/python3.12 …`.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+# Debian packages the tests and benchmarks drive for real.
+SYSTEM_PACKAGES := redis-server chromium chromium-driver wrk
+SYSTEM_COMMANDS := redis-server chromium chromedriver wrk
+
+.PHONY: install install-system run web demo test fuzz bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || { py=$$(PYTHON="$(PYTHON)" sh scripts/find_python.sh) && "$$py" -m venv $(VENV); }
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $(STAMP)
+
+# Installs the Debian packages that are missing (needs root, as on CI); does nothing when all are there.
+install-system:
+	@missing=""; set -- $(SYSTEM_COMMANDS); for p in $(SYSTEM_PACKAGES); do \
+	    command -v "$$1" >/dev/null 2>&1 || missing="$$missing $$p"; shift; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+run: install
+	$(PY) scripts/demo_stack.py
+
+web: install
+	$(PY) scripts/demo_stack.py --web
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install install-system
+	$(PY) -m pytest -q
+
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz.py
+
+bench: install install-system
+	$(PY) scripts/bench.py
+
+lint: install
+	$(PY) -m ruff check addons tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

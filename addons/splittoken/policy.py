@@ -1,0 +1,233 @@
+"""Protocol decisions: what a request presents, what a token response holds, and the RFC error answers.
+
+Pure: no I/O, no mitmproxy. The shell (addon.py) turns a Refusal into an HTTP response.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import jws
+
+# RFC 6750 §2.1: b64token. Handles are base64url; anything else is a malformed request.
+_HANDLE = re.compile(r"[A-Za-z0-9_-]+")
+_BEARER = re.compile(r"Bearer +(\S+) *", re.IGNORECASE)
+# Longest signature of a standard JWS algorithm: RS512 with an 8192-bit key is 1366 characters.
+MAX_HANDLE_LENGTH = 2048
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Error answers
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An answer the proxy gives itself instead of forwarding: RFC 6749 §5.2 / RFC 6750 §3 shaped."""
+
+    status: int
+    error: str | None
+    description: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def body(self) -> bytes:
+        answer = {"error": self.error} if self.error else {}
+        answer["error_description"] = self.description
+        return json.dumps(answer).encode()
+
+
+def _quoted(text: str) -> str:
+    # RFC 6750 §3: error_description is a quoted-string of printable ASCII without '"' and '\'.
+    return "".join(c for c in text if 0x20 <= ord(c) <= 0x7E and c not in '"\\')
+
+
+def _bearer_challenge(error: str | None = None, description: str = "") -> tuple[str, str]:
+    if error is None:
+        return ("WWW-Authenticate", 'Bearer realm="splittoken"')
+    return (
+        "WWW-Authenticate",
+        f'Bearer realm="splittoken", error="{error}", error_description="{_quoted(description)}"',
+    )
+
+
+def missing_credentials() -> Refusal:
+    # RFC 6750 §3.1: a request with no authentication information gets a challenge without an error code.
+    return Refusal(401, None, "authentication required", (_bearer_challenge(),))
+
+
+def invalid_token(description: str) -> Refusal:
+    return Refusal(401, "invalid_token", description, (_bearer_challenge("invalid_token", description),))
+
+
+def invalid_request(description: str) -> Refusal:
+    return Refusal(400, "invalid_request", description, (_bearer_challenge("invalid_request", description),))
+
+
+def invalid_grant(description: str) -> Refusal:
+    return Refusal(400, "invalid_grant", description)
+
+
+def store_unavailable(retry_after: int = 5) -> Refusal:
+    return Refusal(
+        503, "temporarily_unavailable", "token store unavailable, try again later",
+        (("Retry-After", str(retry_after)),),
+    )  # fmt: skip
+
+
+def bad_gateway(description: str) -> Refusal:
+    # The authorization server answered with something the proxy will not hand on (RFC 9110 §15.6.3).
+    return Refusal(502, "server_error", f"authorization server response refused: {description}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a client presents on an API route
+
+
+@dataclass(frozen=True)
+class Presented:
+    credential: str
+    is_jwt: bool  # a full JWT rather than a handle: only honoured when client JWTs are allowed
+
+
+def read_authorization(values: Sequence[str]) -> Presented | Refusal:
+    """Read the Authorization header(s) of an API request: ``Bearer <handle>`` or a bare ``<handle>``."""
+    if not values:
+        return missing_credentials()
+    if len(values) > 1:
+        return invalid_request("more than one Authorization header")
+    value = values[0].strip(" \t")
+    if not value:
+        return invalid_request("empty Authorization header")
+    if " " in value or "\t" in value:
+        m = _BEARER.fullmatch(value)
+        if not m:
+            return invalid_request("unsupported authorization scheme, expected Bearer")
+        value = m.group(1)
+    if len(value) > MAX_HANDLE_LENGTH + 8192 or not value.isascii():
+        return invalid_request("malformed credential")
+    if jws.has_compact_shape(value):
+        return Presented(value, is_jwt=True)
+    if len(value) > MAX_HANDLE_LENGTH or not _HANDLE.fullmatch(value):
+        return invalid_request("malformed credential: a handle is base64url")
+    return Presented(value, is_jwt=False)
+
+
+def read_handle(value: object) -> str | None:
+    """A handle from a form or JSON field (refresh_token, token), or None when it cannot be one."""
+    if isinstance(value, str) and len(value) <= MAX_HANDLE_LENGTH and _HANDLE.fullmatch(value):
+        return value
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token endpoint bodies (requests and responses): JSON objects or form-encoded
+
+
+class Unparseable(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which duplicate wins; a body that could mean two things is refused.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise Unparseable("duplicate member")
+    return obj
+
+
+@dataclass
+class TokenBody:
+    """The fields of a token endpoint body, and how to write them back the same way."""
+
+    fields: dict[str, Any]
+    form: bool = False
+
+    @classmethod
+    def parse(cls, content_type: str, raw: bytes) -> TokenBody:
+        """Raises Unparseable for anything that is not a JSON object or a form."""
+        ctype = content_type.split(";", 1)[0].strip().lower()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Unparseable("not UTF-8") from None
+        if ctype == "application/x-www-form-urlencoded" or (
+            "json" not in ctype and not text.lstrip().startswith(("{", "["))
+        ):
+            try:
+                pairs = urllib.parse.parse_qsl(
+                    text, keep_blank_values=True, strict_parsing=bool(text), errors="strict"
+                )
+            except (ValueError, UnicodeDecodeError):
+                raise Unparseable("malformed form body") from None
+            fields: dict[str, Any] = {}
+            for k, v in pairs:
+                if k in fields:
+                    raise Unparseable("duplicate parameter")  # RFC 6749 §3.1: MUST NOT be repeated
+                fields[k] = v
+            return cls(fields, form=True)
+        try:
+            obj = json.loads(text, object_pairs_hook=_no_duplicates)
+        except (ValueError, RecursionError) as e:
+            raise Unparseable(f"malformed JSON: {type(e).__name__}") from None
+        if not isinstance(obj, dict):
+            raise Unparseable("JSON body is not an object")
+        return cls(obj)
+
+    def render(self) -> bytes:
+        if self.form:
+            return urllib.parse.urlencode(list(self.fields.items())).encode()
+        return json.dumps(self.fields).encode()
+
+
+def strings_in(value: Any) -> Iterator[str]:
+    """Every string (keys included) in a parsed JSON value; iterative, so depth cannot exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def leaked_jws(fields: dict[str, Any], *, allowed: str | None) -> bool:
+    """Whether any value still holds a compact JWS, other than the one ``allowed`` (the OIDC id_token)."""
+    return any(found != allowed for text in strings_in(fields) for found in jws.find_jws(text))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Lifetimes
+
+
+def number(value: object) -> float | None:
+    """A finite non-negative number from a JSON or form field (expires_in may arrive as a string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value) if len(value) < 32 else None
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return None
+
+
+def expiry(now: float, *, exp: object = None, expires_in: object = None, max_ttl: float) -> float:
+    """When a record must die: the token's own ``exp``, else ``expires_in``, never later than ``max_ttl``."""
+    cap = now + max_ttl
+    absolute = number(exp)
+    if absolute is not None:
+        return min(absolute, cap)
+    relative = number(expires_in)
+    if relative is not None:
+        return min(now + relative, cap)
+    return cap

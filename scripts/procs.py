@@ -49,8 +49,9 @@ class ManagedProcess:
     """A started process whose output (stdout and stderr, merged) is drained into memory by a thread,
     so the pipe never fills and blocks it. Use ``start_process`` to make one."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, echo: str | None = None):
         self.args = args
+        self.echo = echo  # when set, each line is also printed, prefixed with it (the demo stack's console)
         self.url: str | None = None
         self.port: int | None = None
         self._lines: list[str] = []
@@ -79,6 +80,8 @@ class ManagedProcess:
         for line in self.proc.stdout:
             with self._changed:
                 self._lines.append(line)
+                if self.echo is not None:
+                    print(f"{self.echo}{line}", end="", flush=True)
                 self._changed.notify_all()
         with self._changed:
             self._eof = True
@@ -160,6 +163,7 @@ def start_process(
     timeout: float = 15,
     env: dict[str, str] | None = None,
     url: str | None = None,
+    echo: str | None = None,
 ) -> ManagedProcess:
     """Start ``args`` and return once a line of its output matches ``ready``.
 
@@ -170,7 +174,7 @@ def start_process(
     If the process exits or ``timeout`` passes first, it is stopped and RuntimeError carries its output.
     """
     full_env = os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {})
-    managed = ManagedProcess(args, full_env)
+    managed = ManagedProcess(args, full_env, echo)
     try:
         match = managed.wait_for(ready, timeout)
     except BaseException:

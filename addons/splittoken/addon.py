@@ -25,7 +25,7 @@ from . import jws, policy
 from .policy import Refusal, TokenBody
 from .seal import Record, store_key
 from .store import Store, StoreUnavailable, open_store
-from .vault import Vault, new_refresh_handle
+from .vault import Vault, describe, new_refresh_handle
 
 logger = logging.getLogger("splittoken")
 
@@ -508,8 +508,7 @@ class SplitToken:
         """Records in the store, and splits, joins and refusals since start."""
         assert self.vault
         try:
-            stored = self.vault.store.stats()
-            store_part = f"records={stored.records} expired={stored.expired}"
+            store_part = describe(self.vault.store.stats())
         except StoreUnavailable as e:
             store_part = f"store unavailable ({e})"
         names = ("splits", "joins", "refreshes", "revocations", "refusals")

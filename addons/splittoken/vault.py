@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Callable
 
 from .seal import Record, SealBroken, open_sealed, seal, store_key
-from .store import Store
+from .store import Store, StoreStats
 
 # 256 bits from the OS CSPRNG, base64url: as hard to guess as any JWS signature handle.
 REFRESH_HANDLE_BYTES = 32
@@ -46,3 +46,8 @@ class Vault:
     def forget(self, handle: str) -> bool:
         """Drop a handle's record. Raises StoreUnavailable."""
         return self.store.delete(store_key(handle))
+
+
+def describe(stats: StoreStats) -> str:
+    """One line for administrators: counts only, never a handle or a claim."""
+    return f"records={stats.records} expired={stats.expired}"

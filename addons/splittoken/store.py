@@ -109,8 +109,8 @@ class DiskStore:
         self._cache.close()
 
 
-# AuthenticationError, BusyLoadingError, ResponseError, ... are all RedisError; OSError covers TLS and socket
-# failures that redis-py lets through unwrapped.
+# AuthenticationError, BusyLoadingError, ResponseError, ... are all RedisError; OSError catches any socket or
+# TLS failure that escapes redis-py's own wrapping.
 _REDIS_ERRORS = (redis.RedisError, OSError)
 
 
@@ -152,7 +152,7 @@ def _check_redis_url(url: str, safe_url: str) -> None:
 
 
 class RedisStore:
-    """Redis (redis://, rediss:// for TLS, unix://) shared by any number of proxies; it expires records itself.
+    """Redis (redis://, rediss:// for TLS, unix://) shared by any number of proxies; expires records itself.
 
     Keys live under ``splittoken:`` so the store can share a database with other users.
     The constructor never connects: the proxy starts while Redis is down, answers 503, and recovers on its
@@ -171,15 +171,15 @@ class RedisStore:
                 url,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
-                # A PING before reusing a connection idle this long replaces one a NAT or failover dropped
-                # silently, instead of failing the request that happens to pick it up.
+                # A PING before reusing a connection idle this long: one that a firewall or failover reset
+                # while idle is replaced (the retry below) rather than failing the request that picks it up.
                 health_check_interval=30,
-                # One immediate retry on a refused/reset connection (e.g. a pooled socket that died with a
-                # Redis restart). Timeouts are not retried, so an unreachable Redis costs one timeout per call.
+                # One immediate retry on a refused or reset connection, e.g. a pooled socket that died with a
+                # Redis restart. Timeouts are not retried: a hung Redis costs one timeout per call, not two.
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
             )
-            # Connections are built lazily: build one now (no I/O) so that an unknown ?option fails at start-up
-            # rather than as a TypeError on every request.
+            # Connections are built lazily: build one now (no I/O) so that an unknown ?option fails at
+            # start-up rather than as a TypeError on every request.
             pool = self._redis.connection_pool
             pool.connection_class(**pool.connection_kwargs)
         except (ValueError, TypeError) as e:
@@ -200,11 +200,13 @@ class RedisStore:
         return StoreUnavailable(message)
 
     def put(self, key: str, value: bytes, expires_at: float) -> None:
-        expires_ms = int(expires_at * 1000)
-        if expires_ms <= int(time.time() * 1000):
+        # Relative (PX), not absolute (PXAT): the lifetime is measured on this proxy's clock, so a Redis host
+        # whose clock runs ahead cannot expire records early.
+        ttl_ms = int((expires_at - time.time()) * 1000)
+        if ttl_ms <= 0:
             return
         try:
-            self._redis.set(self.PREFIX + key, value, pxat=expires_ms)
+            self._redis.set(self.PREFIX + key, value, px=ttl_ms)
         except _REDIS_ERRORS as e:
             raise self._unavailable("write", e) from None
 

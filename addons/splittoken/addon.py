@@ -188,8 +188,10 @@ class SplitToken:
         if route == "api":
             # Re-joining needs only the headers; done here so that streamed request bodies work too.
             return self._guarded(flow, self._api_request(flow), policy.store_unavailable())
-        # Token and revocation bodies are read and rewritten: they must be buffered, never streamed.
+        # Token and revocation bodies are read and rewritten: they must be buffered, never streamed, and
+        # answered uncompressed, so that a response is judged without inflating what a server compressed.
         flow.request.stream = False
+        flow.request.headers["accept-encoding"] = "identity"
         return None
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -352,11 +354,12 @@ class SplitToken:
             if old_handle and response.status_code == 400 and _error_code(response) == "invalid_grant":
                 await self._io(self.vault.forget, old_handle)
             return
-        if len(response.raw_content or b"") > ctx.options.splittoken_max_body:
+        try:
+            raw = _decoded(response, ctx.options.splittoken_max_body)
+        except policy.TooLarge:
             return self._refuse(flow, policy.bad_gateway("response too large"))
-        raw = response.get_content()  # raises on a broken Content-Encoding: fails closed via _guarded
-        if raw is None or len(raw) > ctx.options.splittoken_max_body:
-            return self._refuse(flow, policy.bad_gateway("response too large"))
+        except policy.Unparseable as e:
+            return self._refuse(flow, policy.bad_gateway(f"cannot decode the response: {e}"))
         try:
             body = TokenBody.parse(response.headers.get("content-type", ""), raw)
         except policy.Unparseable as e:
@@ -562,10 +565,17 @@ def _token_answer(body: bytes) -> http.Response:
     return http.Response.make(200, body, headers)
 
 
+def _decoded(response: http.Response, limit: int) -> bytes:
+    encoding = response.headers.get("content-encoding", "")
+    return policy.decode_body(response.raw_content or b"", encoding, limit)
+
+
 def _error_code(response: http.Response) -> str | None:
+    """The OAuth error code of an error answer (RFC 6749 §5.2), read within a small bound."""
     try:
-        body = TokenBody.parse(response.headers.get("content-type", ""), response.get_content() or b"")
-    except (policy.Unparseable, ValueError):
+        raw = _decoded(response, 65536)
+        body = TokenBody.parse(response.headers.get("content-type", ""), raw)
+    except ValueError:  # Unparseable and TooLarge alike
         return None
     error = body.fields.get("error")
     return error if isinstance(error, str) else None

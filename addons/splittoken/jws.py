@@ -53,31 +53,60 @@ def join(signing_input: str, signature: str) -> str:
     return f"{signing_input}.{signature}"
 
 
+# What a JSON decoder skips before the first token: JSON whitespace, and the byte-order marks and NUL bytes
+# of the UTF-8-sig / UTF-16 / UTF-32 encodings that json.loads (so pyjwt) detects on bytes by itself.
+_JSON_LEADING = b" \t\r\n\x00\xef\xbb\xbf\xfe\xff"
+# The first base64url character of a segment whose first byte is "{" or one of _JSON_LEADING: a quick "no".
+_OPENING_CHARS = frozenset("eICDA7_")
+
+
+def _b64decode_lenient(segment: str) -> bytes | None:
+    """Unpadded base64url as decoders read it; a dangling last character (length 1 mod 4) is dropped."""
+    usable = segment[: len(segment) - 1] if len(segment) % 4 == 1 else segment
+    padded = usable + "=" * (-len(usable) % 4)
+    try:
+        return binascii.a2b_base64(padded.replace("-", "+").replace("_", "/"), strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _b64_starts_json_object(segment: str) -> bool:
     """Whether a base64url segment decodes to something that opens a JSON object.
 
-    Only a short prefix is decoded, so scanning stays linear in the text scanned.
+    The whole segment is decoded (each segment is looked at a bounded number of times, so scanning stays
+    linear), so that neither leading whitespace of any length, nor a byte-order mark, nor a short segment
+    such as ``e30`` (``{}``) hides a JSON object from the scan.
     """
-    prefix = segment[:16]
-    prefix = prefix[: len(prefix) - len(prefix) % 4]
-    if not prefix:
+    if not segment or segment[0] not in _OPENING_CHARS:
+        return False
+    raw = _b64decode_lenient(segment)
+    return raw is not None and raw.lstrip(_JSON_LEADING).startswith(b"{")
+
+
+def _b64_json_object(segment: str) -> bool:
+    """Whether a base64url segment decodes to a whole JSON object (stricter than opening one)."""
+    raw = _b64decode_lenient(segment)
+    if raw is None or not raw.lstrip(_JSON_LEADING).startswith(b"{"):
         return False
     try:
-        raw = binascii.a2b_base64(prefix.replace("-", "+").replace("_", "/"), strict_mode=True)
-    except (binascii.Error, ValueError):
+        return isinstance(json.loads(raw), dict)
+    except (ValueError, RecursionError):
         return False
-    return raw.lstrip(b" \t\r\n").startswith(b"{")
 
 
 def has_compact_shape(value: str) -> bool:
-    """Three base64url segments whose first opens a JSON object: what a JWS (and so a JWT) looks like."""
-    return bool(_COMPACT_SHAPE.fullmatch(value)) and _b64_starts_json_object(value)
+    """Three dot-separated parts whose first opens a JSON object: what a JWS (and so a JWT) looks like.
+
+    Loose on purpose: a malformed JWS (a stray character in a segment) still counts, so that the caller
+    refuses it rather than passing its readable parts on as an opaque token.
+    """
+    return value.count(".") == 2 and _b64_starts_json_object(value.partition(".")[0])
 
 
 def _is_jwe_header(segment: str) -> bool:
     try:
         header = json.loads(jwt.utils.base64url_decode(segment))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         return False
     return isinstance(header, dict) and "enc" in header
 
@@ -93,10 +122,19 @@ def find_jws(text: str) -> Iterator[str]:
         if len(segments) < 3:
             continue
         if len(segments) == 5 and _is_jwe_header(segments[0]):
+            # A JWE's other four parts are random bytes: a JWS framed by a JWE-like header in front and one
+            # more segment behind would still be a JWS. Whole JSON objects, not random prefixes, give it away.
+            for i in (1, 2):
+                if _b64_json_object(segments[i]) and _b64_json_object(segments[i + 1]):
+                    yield ".".join(segments[i : i + 3])
             continue
+        seen: dict[str, bool] = {}  # each distinct segment decoded once
+        opens = [
+            seen[segment] if segment in seen else seen.setdefault(segment, _b64_starts_json_object(segment))
+            for segment in segments[:-1]
+        ]
         for i in range(len(segments) - 2):
-            header, payload = segments[i], segments[i + 1]
-            if _b64_starts_json_object(header) and _b64_starts_json_object(payload):
+            if opens[i] and opens[i + 1]:
                 yield ".".join(segments[i : i + 3])
 
 
@@ -136,8 +174,11 @@ def split(
         raise TokenRefused(f"JWS algorithm {alg[:20]!r} is not allowed")
     exp = claims.get("exp")
     if exp is not None:
-        if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
             raise TokenRefused("JWS exp claim is not a number")
-        if exp + leeway <= now:
+        if isinstance(exp, float) and not math.isfinite(exp):
+            raise TokenRefused("JWS exp claim is not a number")
+        # Compared, not added: an int exp beyond float range (valid JSON) must not raise OverflowError.
+        if exp <= now - leeway:
             raise TokenRefused("JWS has already expired")
     return SplitJWS(signing_input=signing_input, signature=signature, header=header, claims=claims)

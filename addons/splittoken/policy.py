@@ -9,6 +9,7 @@ import json
 import math
 import re
 import urllib.parse
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,6 +173,8 @@ class TokenBody:
             return cls(fields, form=True)
         try:
             obj = json.loads(text, object_pairs_hook=_no_duplicates)
+        except Unparseable:
+            raise  # a duplicate member: keep the reason (Unparseable is a ValueError too)
         except (ValueError, RecursionError) as e:
             raise Unparseable(f"malformed JSON: {type(e).__name__}") from None
         if not isinstance(obj, dict):
@@ -182,6 +185,37 @@ class TokenBody:
         if self.form:
             return urllib.parse.urlencode(list(self.fields.items())).encode()
         return json.dumps(self.fields).encode()
+
+
+class TooLarge(ValueError):
+    pass
+
+
+# zlib window bits: 16 + 15 for a gzip wrapper, 15 for zlib (what HTTP calls "deflate").
+_ZLIB_WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
+def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """A response body without its Content-Encoding, never inflated past ``limit`` bytes (a zip bomb stops
+    at the limit instead of filling memory). Raises TooLarge, or Unparseable for an encoding it cannot
+    bound (the proxy asks for identity, so a compliant server never sends one)."""
+    if len(raw) > limit:
+        raise TooLarge("body too large")
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in _ZLIB_WBITS:
+        raise Unparseable(f"unsupported Content-Encoding {encoding[:20]!r}")
+    inflater = zlib.decompressobj(_ZLIB_WBITS[encoding])
+    try:
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error:
+        raise Unparseable("broken Content-Encoding") from None
+    if len(body) > limit:
+        raise TooLarge("body too large once decoded")
+    if not inflater.eof:
+        raise Unparseable("truncated Content-Encoding")
+    return body
 
 
 def strings_in(value: Any) -> Iterator[str]:
@@ -216,8 +250,13 @@ def number(value: object) -> float | None:
             value = float(value) if len(value) < 32 else None
         except ValueError:
             return None
-    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
-        return float(value)
+    if isinstance(value, int):
+        try:
+            value = float(value)  # an int beyond float range is no usable lifetime (and would raise below)
+        except OverflowError:
+            return None
+    if isinstance(value, float) and math.isfinite(value) and value >= 0:
+        return value
     return None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -400,3 +401,36 @@ def test_store_on_a_full_disk_fails_closed(idp, api, tmp_path: Path) -> None:
             started.stop()
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_stolen_store_yields_no_token_handle_or_claim(
+    idp, proxy: Proxy, store: str, tmp_path: Path
+) -> None:
+    tokens = login(proxy).json()
+    client = requests.post(
+        proxy.idp_url + TOKEN_PATH,
+        data={"grant_type": "client_credentials", "refresh": "1", **CLIENT},
+        timeout=10,
+    ).json()
+    jwts = [
+        forwarded_authorization(call_api(proxy, f"Bearer {t['access_token']}")).split(" ")[1]
+        for t in (tokens, client)
+    ]
+    claims = verify_with_idp(idp, jwts[0])
+    stolen = tmp_path / "stolen"
+    shutil.copytree(store, stolen)
+    files = [p for p in stolen.rglob("*") if p.is_file()]
+    assert files
+    secrets = [
+        tokens["access_token"],
+        tokens["refresh_token"],
+        client["access_token"],
+        client["refresh_token"],
+    ]
+    secrets += [segment for token in jwts for segment in token.split(".")]
+    secrets += [claims["sub"], claims["email"], "demo-client", "acme", "alice"]
+    for path in files:
+        data = path.read_bytes()
+        assert not JWS_RE.search(data.decode("latin-1")), path
+        for secret in secrets:
+            assert secret.encode() not in data, (path, secret[:12])

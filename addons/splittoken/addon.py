@@ -37,6 +37,7 @@ DEFAULT_REVOKE_FILTER = '~m POST & ~u "/revoke($|[?])"'
 # How long a client waiting on another client's refresh of the same handle waits before giving up.
 REFRESH_WAIT_SECONDS = 60.0
 META = "splittoken"
+PURGE_INTERVAL_SECONDS = 300
 
 
 def redact(secret: str) -> str:
@@ -55,6 +56,7 @@ class SplitToken:
         self.counters: Counter[str] = Counter()
         # Refreshes under way, by refresh handle: concurrent refreshes of one handle share one upstream call.
         self._refreshes: dict[str, asyncio.Future[http.Response]] = {}
+        self._purger: asyncio.Task[None] | None = None
 
     # -----------------------------------------------------------------------------------------------------
     # Options
@@ -171,8 +173,28 @@ class SplitToken:
         if self.vault:
             self.vault.store.close()
         self.vault = Vault(store, clock=time.time, leeway=opts.splittoken_leeway)
+        logger.info("splittoken: handles in %r", store)
+
+    def running(self) -> None:
+        self._purger = asyncio.get_running_loop().create_task(self._purge_periodically())
+
+    async def _purge_periodically(self) -> None:
+        """Expired records are refused on sight; this drops them too, so a store does not grow without end.
+        (diskcache only culls a few per write; Redis expires keys itself and purges nothing here.)"""
+        while True:
+            await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+            if self.vault:
+                try:
+                    purged = await asyncio.to_thread(self.vault.store.purge)
+                except StoreUnavailable as e:
+                    logger.warning("periodic purge failed: %s", e)
+                else:
+                    if purged:
+                        logger.info("purged %d expired record(s)", purged)
 
     def done(self) -> None:
+        if self._purger:
+            self._purger.cancel()
         if self.vault:
             self.vault.store.close()
             self.vault = None

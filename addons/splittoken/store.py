@@ -66,6 +66,9 @@ class DiskStore:
         except _DISK_ERRORS as e:
             raise StoreUnavailable(f"cannot open store directory {self.directory}: {e}") from None
 
+    def __repr__(self) -> str:
+        return f"DiskStore({str(self.directory)!r})"
+
     def put(self, key: str, value: bytes, expires_at: float) -> None:
         ttl = expires_at - time.time()
         if ttl <= 0:

@@ -12,5 +12,6 @@ for _name in [m for m in sys.modules if m == "splittoken" or m.startswith("split
     del sys.modules[_name]
 
 from splittoken.addon import SplitToken  # noqa: E402
+from splittoken.view import SplitTokenView  # noqa: E402
 
-addons = [SplitToken()]
+addons = [SplitToken(), SplitTokenView()]

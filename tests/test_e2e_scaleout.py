@@ -34,7 +34,8 @@ JWS_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 HANDLE_LIKE_RE = re.compile(r"[A-Za-z0-9_-]{40,}")
 CERTS_PATH = "/realms/demo/protocol/openid-connect/certs"
 # Generous bounds: they catch a hang or a proxy that never recovers, not a slow machine.
-REQUEST_BOUND = 5.0  # seconds one request may take while the store is down, timeout set to 300 ms
+STORE_TIMEOUT_MS = 300  # splittoken_store_timeout_ms in the outage test
+REQUEST_BOUND = 5.0  # seconds one request may take while the store is down
 RECOVERY_BOUND = 10.0  # seconds from Redis answering again to the first successful API call
 HTTP_TIMEOUT = 15  # requests' own timeout: longer than any bound, so a hang fails an assert, not the run
 
@@ -210,7 +211,7 @@ def test_two_proxies_share_handles_through_one_redis(
 def test_redis_outage_fails_closed_and_recovers(
     idp: ManagedProcess, api: ManagedProcess, redis_server: RedisServer, start_proxies: StartProxies
 ) -> None:
-    (proxy,) = start_proxies(1, redis_server.url, {"splittoken_store_timeout_ms": "300"})
+    (proxy,) = start_proxies(1, redis_server.url, {"splittoken_store_timeout_ms": str(STORE_TIMEOUT_MS)})
     access, refresh_handle = handles(login(proxy))
     forwarded_jwt(call_api(proxy, access), access)
     spare_access, spare_refresh = handles(login(proxy))  # used only after the outage
@@ -250,6 +251,9 @@ def test_redis_outage_fails_closed_and_recovers(
         assert echo_count(api) == seen
     finally:
         redis_server.resume()
+    # After a timeout the store fails fast for one timeout's length (so a hung Redis cannot queue requests):
+    # recovery from a hang takes at most that long.
+    time.sleep(STORE_TIMEOUT_MS / 1000)
     forwarded_jwt(call_api(proxy, access), access)
 
     # A stopped Redis (connections refused).

@@ -15,6 +15,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 import jwt
@@ -38,6 +39,8 @@ DEFAULT_REVOKE_FILTER = '~m POST & ~u "/revoke($|[?])"'
 REFRESH_WAIT_SECONDS = 60.0
 META = "splittoken"
 PURGE_INTERVAL_SECONDS = 300
+# Concurrent calls to a networked store (Redis) in flight at once; more wait for a thread.
+STORE_THREADS = 32
 
 
 def redact(secret: str) -> str:
@@ -57,6 +60,7 @@ class SplitToken:
         # Refreshes under way, by refresh handle: concurrent refreshes of one handle share one upstream call.
         self._refreshes: dict[str, asyncio.Future[http.Response]] = {}
         self._purger: asyncio.Task[None] | None = None
+        self._store_threads = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="splittoken-store")
 
     # -----------------------------------------------------------------------------------------------------
     # Options
@@ -195,6 +199,7 @@ class SplitToken:
     def done(self) -> None:
         if self._purger:
             self._purger.cancel()
+        self._store_threads.shutdown(wait=False, cancel_futures=True)
         if self.vault:
             self.vault.store.close()
             self.vault = None
@@ -293,10 +298,11 @@ class SplitToken:
             self._refuse(flow, on_error)
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Call the store, off the event loop when it waits on a network."""
+        """Call the store, off the event loop when it waits on a network. Store calls get threads of their
+        own, so that a slow store cannot starve anything else that runs in the default executor."""
         assert self.vault
         if self.vault.store.blocking:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._store_threads, fn, *args)
         return fn(*args)
 
     # -----------------------------------------------------------------------------------------------------
@@ -374,7 +380,7 @@ class SplitToken:
         old_handle = meta.get("refresh_handle")
         if not 200 <= response.status_code < 300:
             if old_handle and response.status_code == 400 and _error_code(response) == "invalid_grant":
-                await self._io(self.vault.forget, old_handle)
+                await self._refresh_refused(flow, old_handle)
             return
         try:
             raw = _decoded(response, ctx.options.splittoken_max_body)
@@ -447,6 +453,19 @@ class SplitToken:
             note += time.strftime(", expires %H:%M:%SZ", time.gmtime(records[0][1].expires_at))
         self._annotate(flow, note)
         logger.info("split token response: issued %d handle(s), access %s", len(records), redact(handle))
+
+    async def _refresh_refused(self, flow: http.HTTPFlow, handle: str) -> None:
+        """The authorization server refused the refresh token behind ``handle``. If another proxy on the same
+        store rotated it meanwhile, its answer is there to replay; otherwise the handle is dead: forget it."""
+        assert self.vault
+        current = await self._io(self.vault.find, handle)
+        if current is None:
+            return
+        if current.kind == "rotated":
+            replay = _token_answer(current.secret.encode())
+            self._answer(flow, replay, "replayed a rotation made by another proxy", refused=False)
+        elif store_key(current.secret) == flow.metadata[META].get("refresh_digest"):
+            await self._io(self.vault.forget, handle)
 
     def _refresh_expiry(self, body: TokenBody, now: float) -> float:
         # Keycloak sends refresh_expires_in 0 for offline tokens, meaning "no fixed expiry": use the cap.

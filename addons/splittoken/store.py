@@ -6,9 +6,11 @@ Every failure to reach the data surfaces as StoreUnavailable, so the proxy can f
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -69,44 +71,41 @@ class DiskStore:
     def __repr__(self) -> str:
         return f"DiskStore({str(self.directory)!r})"
 
+    @contextlib.contextmanager
+    def _calling(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except _DISK_ERRORS as e:
+            raise StoreUnavailable(f"store {action} failed: {type(e).__name__}: {e}") from None
+
     def put(self, key: str, value: bytes, expires_at: float) -> None:
         ttl = expires_at - time.time()
         if ttl <= 0:
             return
-        try:
+        with self._calling("write"):
             self._cache.set(key, value, expire=ttl, retry=False)
-        except _DISK_ERRORS as e:
-            raise StoreUnavailable(f"store write failed: {type(e).__name__}: {e}") from None
 
     def get(self, key: str) -> bytes | None:
-        try:
+        with self._calling("read"):
             value = self._cache.get(key, default=None, retry=False)
-        except _DISK_ERRORS as e:
-            raise StoreUnavailable(f"store read failed: {type(e).__name__}: {e}") from None
         return value if isinstance(value, bytes) else None
 
     def delete(self, key: str) -> bool:
-        try:
+        with self._calling("delete"):
             return bool(self._cache.delete(key, retry=False))
-        except _DISK_ERRORS as e:
-            raise StoreUnavailable(f"store delete failed: {type(e).__name__}: {e}") from None
 
     def stats(self) -> StoreStats:
-        try:
+        with self._calling("stats"):
             # diskcache has no public count of expired rows; its own culling runs this same query.
             (expired,) = self._cache._sql(
                 "SELECT COUNT(*) FROM Cache WHERE expire_time IS NOT NULL AND expire_time <= ?",
                 (time.time(),),
             ).fetchone()
             return StoreStats(records=len(self._cache), expired=expired)
-        except _DISK_ERRORS as e:
-            raise StoreUnavailable(f"store stats failed: {type(e).__name__}: {e}") from None
 
     def purge(self) -> int:
-        try:
+        with self._calling("purge"):
             return self._cache.expire(retry=False)
-        except _DISK_ERRORS as e:
-            raise StoreUnavailable(f"store purge failed: {type(e).__name__}: {e}") from None
 
     def close(self) -> None:
         self._cache.close()
@@ -168,6 +167,8 @@ class RedisStore:
 
     def __init__(self, url: str, timeout: float = 1.0) -> None:
         self._safe_url = redact_redis_url(url)
+        self._timeout = timeout
+        self._hung_until = 0.0  # time.monotonic() before which calls fail at once (see _calling)
         _check_redis_url(url, self._safe_url)
         try:
             self._redis = redis.Redis.from_url(
@@ -195,6 +196,20 @@ class RedisStore:
     def describe(self) -> str:
         return self._safe_url
 
+    @contextlib.contextmanager
+    def _calling(self, action: str) -> Iterator[None]:
+        """Turn Redis failures into StoreUnavailable. After a timeout, fail fast for one timeout's length:
+        with Redis hung, requests would otherwise queue behind the few worker threads, each waiting out a
+        whole timeout, and answer their 503 long after the configured timeout."""
+        if time.monotonic() < self._hung_until:
+            raise StoreUnavailable(f"redis {action} skipped ({self._safe_url}): it timed out moments ago")
+        try:
+            yield
+        except _REDIS_ERRORS as e:
+            if isinstance(e, redis.TimeoutError | TimeoutError):
+                self._hung_until = time.monotonic() + self._timeout
+            raise self._unavailable(action, e) from None
+
     def _unavailable(self, action: str, e: Exception) -> StoreUnavailable:
         message = f"redis {action} failed ({self._safe_url}): {type(e).__name__}: {e}"
         # redis-py's messages name host and port only; scrub anyway so no future wording can leak the secret.
@@ -208,30 +223,22 @@ class RedisStore:
         ttl_ms = int((expires_at - time.time()) * 1000)
         if ttl_ms <= 0:
             return
-        try:
+        with self._calling("write"):
             self._redis.set(self.PREFIX + key, value, px=ttl_ms)
-        except _REDIS_ERRORS as e:
-            raise self._unavailable("write", e) from None
 
     def get(self, key: str) -> bytes | None:
-        try:
+        with self._calling("read"):
             return self._redis.get(self.PREFIX + key)
-        except _REDIS_ERRORS as e:
-            raise self._unavailable("read", e) from None
 
     def delete(self, key: str) -> bool:
-        try:
+        with self._calling("delete"):
             return self._redis.delete(self.PREFIX + key) == 1
-        except _REDIS_ERRORS as e:
-            raise self._unavailable("delete", e) from None
 
     def stats(self) -> StoreStats:
-        try:
+        with self._calling("stats"):
             # SCAN, not KEYS, so a large database is never blocked; a key may be counted twice while Redis
             # rehashes, which a statistic can afford.
             records = sum(1 for _ in self._redis.scan_iter(match=self.PREFIX + "*", count=self._SCAN_COUNT))
-        except _REDIS_ERRORS as e:
-            raise self._unavailable("stats", e) from None
         # Redis deletes expired keys itself (lazily on access and by its active expiry cycle) and never
         # returns them, so there is never an expired record to report.
         return StoreStats(records=records, expired=0)

@@ -87,6 +87,12 @@ def start_proxy(
     if tool == "mitmweb":
         args += ["--set", "web_open_browser=false", "--set", "web_host=127.0.0.1"]
         args += ["--set", f"web_port={web_port}"]
+        # The addon's notes are flow comments, which mitmweb lists only in its optional Comment column.
+        for column in ("tls", "icon", "path", "method", "status", "size", "time", "comment"):
+            args += ["--set", f"web_columns={column}"]  # a repeated --set builds the list
+        # mitmweb's command bar saves every command to <confdir>/command_history: keep handles given to
+        # `splittoken.revoke` out of it.
+        args += ["--set", "command_history=false"]
     args += list(extra_args)
     process = start_process(args, re.compile(rf"listening at .*:{idp_port}\b"), timeout=30, echo=echo)
     try:

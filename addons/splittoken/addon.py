@@ -428,8 +428,11 @@ class SplitToken:
                 records.append((new_handle, Record("refresh", refresh, expires_at, subject)))
             body.fields["refresh_token"] = new_handle
 
+        # The id_token is the client's to read; anything else shaped like a JWS must not reach it, and neither
+        # may an "id_token" that is the access token itself.
         id_token = body.fields.get("id_token")
-        if policy.leaked_jws(body.fields, allowed=id_token if isinstance(id_token, str) else None):
+        allowed = id_token if isinstance(id_token, str) and id_token != access else None
+        if policy.leaked_jws(body.fields, allowed=allowed):
             return self._refuse(flow, policy.bad_gateway("a JWS outside access_token and id_token"))
         if not records:
             return  # opaque or encrypted tokens only: nothing leaks, the response passes unchanged

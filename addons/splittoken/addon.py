@@ -310,6 +310,12 @@ class SplitToken:
 
     async def _api_request(self, flow: http.HTTPFlow) -> None:
         assert self.vault
+        if not isinstance(flow.client_conn.proxy_mode, ReverseMode) and (
+            flow.request.pretty_host.lower() != flow.request.host.lower()
+        ):
+            # ~d matches the Host header as well as the destination: a request to evil.net that says
+            # "Host: api.example.com" would match an api filter naming api.example.com.
+            return self._refuse(flow, policy.invalid_request("Host header does not name the destination"))
         presented = policy.read_authorization(flow.request.headers.get_all("authorization"))
         if isinstance(presented, Refusal):
             return self._refuse(flow, presented)
@@ -350,7 +356,7 @@ class SplitToken:
         self._refreshes[handle] = asyncio.get_running_loop().create_future()
         flow.metadata[META]["refresh_handle"] = handle
         record = await self._io(self.vault.find, handle)
-        if record is None or record.kind == "access":
+        if record is None or record.kind == "access" or record.issuer != origin(flow):
             return self._refuse(flow, policy.invalid_grant("unknown, expired or revoked refresh token"))
         if record.kind == "rotated":
             replay = _token_answer(record.secret.encode())
@@ -391,11 +397,12 @@ class SplitToken:
         try:
             body = TokenBody.parse(response.headers.get("content-type", ""), raw)
         except policy.Unparseable as e:
-            if any(jws.find_jws(raw.decode("utf-8", "replace"))):
+            if any(found for text in policy.readings(raw) for found in jws.find_jws(text)):
                 return self._refuse(flow, policy.bad_gateway(f"unparseable response holding a JWS ({e})"))
             return
 
         now = time.time()
+        issuer = origin(flow)
         records: list[tuple[str, Record]] = []
         access = body.fields.get("access_token")
         if isinstance(access, str) and jws.has_compact_shape(access):
@@ -410,12 +417,15 @@ class SplitToken:
                 max_ttl=ctx.options.splittoken_max_ttl,
             )  # fmt: skip
             subject = str(split.claims.get("sub", ""))[:200]
-            records.append((split.signature, Record("access", split.signing_input, expires_at, subject)))
+            records.append(
+                (split.signature, Record("access", split.signing_input, expires_at, subject, issuer))
+            )
             body.fields["access_token"] = split.signature
             meta.update(event="split", header=dict(split.header), claims=dict(split.claims))
         else:
             subject = ""
 
+        rewritten = bool(records)
         refresh = body.fields.get("refresh_token")
         if refresh is not None and refresh != "":
             if not isinstance(refresh, str):
@@ -425,8 +435,9 @@ class SplitToken:
             else:
                 new_handle = new_refresh_handle()
                 expires_at = self._refresh_expiry(body, now)
-                records.append((new_handle, Record("refresh", refresh, expires_at, subject)))
+                records.append((new_handle, Record("refresh", refresh, expires_at, subject, issuer)))
             body.fields["refresh_token"] = new_handle
+            rewritten = True
 
         # The id_token is the client's to read; anything else shaped like a JWS must not reach it, and neither
         # may an "id_token" that is the access token itself.
@@ -434,14 +445,14 @@ class SplitToken:
         allowed = id_token if isinstance(id_token, str) and id_token != access else None
         if policy.leaked_jws(body.fields, allowed=allowed):
             return self._refuse(flow, policy.bad_gateway("a JWS outside access_token and id_token"))
-        if not records:
+        if not rewritten:
             return  # opaque or encrypted tokens only: nothing leaks, the response passes unchanged
 
         client_body = body.render()
         for handle, record in records:
             await self._io(self.vault.keep, handle, record)
         if old_handle and body.fields.get("refresh_token") not in (None, old_handle):
-            await self._retire_refresh_handle(old_handle, client_body, subject, now)
+            await self._retire_refresh_handle(flow, old_handle, client_body, subject, now)
 
         response.content = client_body
         for stale in ("ETag", "Content-MD5", "Digest", "Content-Digest"):
@@ -452,7 +463,7 @@ class SplitToken:
         handle = str(body.fields.get("access_token", ""))
         meta["handle"] = redact(handle)
         note = f"issued handle {redact(handle)}" + (f", sub={subject}" if subject else "")
-        if records[0][1].kind == "access":
+        if records and records[0][1].kind == "access":
             note += time.strftime(", expires %H:%M:%SZ", time.gmtime(records[0][1].expires_at))
         self._annotate(flow, note)
         logger.info("split token response: issued %d handle(s), access %s", len(records), redact(handle))
@@ -477,13 +488,15 @@ class SplitToken:
             now, expires_in=relative or None, max_ttl=ctx.options.splittoken_refresh_max_ttl
         )
 
-    async def _retire_refresh_handle(self, handle: str, client_body: bytes, subject: str, now: float) -> None:
+    async def _retire_refresh_handle(
+        self, flow: http.HTTPFlow, handle: str, client_body: bytes, subject: str, now: float
+    ) -> None:
         """A rotated refresh handle answers late or concurrent refreshes with the same new handles for a
         short grace period, so that two tabs refreshing at once do not log each other out."""
         assert self.vault
         grace = ctx.options.splittoken_refresh_grace
         if grace:
-            replay = Record("rotated", client_body.decode(), now + grace, subject)
+            replay = Record("rotated", client_body.decode(), now + grace, subject, origin(flow))
             await self._io(self.vault.keep, handle, replay)
         else:
             await self._io(self.vault.forget, handle)
@@ -514,9 +527,10 @@ class SplitToken:
         if handle is None:
             return
         record = await self._io(self.vault.find, handle)
-        if record is None:
-            # Not ours (an opaque token the authorization server issued, or an unknown handle): it decides,
-            # and RFC 7009 §2.2 has it answer 200 for tokens it does not know, so nothing leaks.
+        if record is None or record.issuer != origin(flow):
+            # Not ours (an opaque token the authorization server issued, an unknown handle, or one going to
+            # another server than the one that issued it): the server decides, and RFC 7009 §2.2 has it
+            # answer 200 for tokens it does not know, so nothing leaks.
             return
         await self._io(self.vault.forget, handle)
         self.counters["revocations"] += 1
@@ -579,6 +593,11 @@ class SplitToken:
 
 
 # ---------------------------------------------------------------------------------------------------------
+
+
+def origin(flow: http.HTTPFlow) -> str:
+    """Where a request really goes (after reverse-proxy rewriting), whatever its Host header says."""
+    return f"{flow.request.scheme}://{flow.request.host.lower()}:{flow.request.port}"
 
 
 def _parse_filter(option: str, spec: str) -> flowfilter.TFilter:

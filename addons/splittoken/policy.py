@@ -104,6 +104,8 @@ def read_authorization(values: Sequence[str]) -> Presented | Refusal:
     value = values[0].strip(" \t")
     if not value:
         return invalid_request("empty Authorization header")
+    if value.lower() == "bearer":  # the scheme without its credential, not a handle named "Bearer"
+        return invalid_request("Bearer without a credential")
     if " " in value or "\t" in value:
         m = _BEARER.fullmatch(value)
         if not m:
@@ -215,7 +217,35 @@ def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
         raise TooLarge("body too large once decoded")
     if not inflater.eof:
         raise Unparseable("truncated Content-Encoding")
+    if inflater.unused_data:
+        # A second gzip member (or anything) after the first: clients that read every member (Python's gzip,
+        # urllib3) would see more than was judged here, e.g. the rest of a string holding a JWS.
+        raise Unparseable("data after the end of the Content-Encoding")
     return body
+
+
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\(.)")
+
+
+_JSON_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def _unescape(m: re.Match[str]) -> str:
+    return chr(int(m[1], 16)) if m[1] else _JSON_ESCAPES.get(m[2], m[2])
+
+
+def readings(raw: bytes) -> Iterator[str]:
+    """The ways a client might read a body that could not be parsed: as UTF-8, in the Unicode encoding a
+    JSON parser would detect, with JSON string escapes undone, and percent-decoded. A JWS hidden behind an
+    escape, a duplicate member or a UTF-16 encoding is still found in one of them."""
+    texts = [raw.decode("utf-8", "replace")]
+    detected = json.detect_encoding(raw)
+    if detected != "utf-8":
+        texts.append(raw.decode(detected, "replace"))
+    for text in texts:
+        yield text
+        yield _JSON_ESCAPE.sub(_unescape, text)
+        yield urllib.parse.unquote_plus(text)
 
 
 def strings_in(value: Any) -> Iterator[str]:

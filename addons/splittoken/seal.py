@@ -41,6 +41,9 @@ class Record:
     secret: str
     expires_at: float  # seconds since the epoch
     subject: str = ""  # "sub" claim, for annotations and administration; sealed like the rest
+    # Origin (scheme://host:port) of the token endpoint that issued the token: a refresh or revocation
+    # carrying this handle is swapped only on its way back there, never to a host of the client's choosing.
+    issuer: str = ""
 
     def expired(self, now: float, leeway: float = 0) -> bool:
         return self.expires_at + leeway <= now

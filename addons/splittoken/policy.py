@@ -158,6 +158,10 @@ class TokenBody:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise Unparseable("not UTF-8") from None
+        if "\x00" in text:
+            # UTF-16/32 text decodes as "UTF-8" full of NULs, and would pass for a one-field form whose
+            # NUL-spaced contents no scan can read; neither a JSON nor a form body ever holds a raw NUL.
+            raise Unparseable("NUL byte in body (UTF-16/32?)")
         if ctype == "application/x-www-form-urlencoded" or (
             "json" not in ctype and not text.lstrip().startswith(("{", "["))
         ):
@@ -263,8 +267,25 @@ def strings_in(value: Any) -> Iterator[str]:
 
 
 def leaked_jws(fields: dict[str, Any], *, allowed: str | None) -> bool:
-    """Whether any value still holds a compact JWS, other than the one ``allowed`` (the OIDC id_token)."""
-    return any(found != allowed for text in strings_in(fields) for found in jws.find_jws(text))
+    """Whether any value still holds a compact JWS, other than the one ``allowed`` (the OIDC id_token).
+
+    A value may itself be encoded text (JSON or a query string inside a field): its escapes are undone too,
+    so that ``\\u0000eyJ…`` or ``%3AeyJ…`` does not glue the token's first segment to the escape.
+    """
+    return any(
+        found != allowed
+        for text in strings_in(fields)
+        for reading in _unescaped(text)
+        for found in jws.find_jws(reading)
+    )
+
+
+def _unescaped(text: str) -> Iterator[str]:
+    yield text
+    if "\\" in text:
+        yield _JSON_ESCAPE.sub(_unescape, text)
+    if "%" in text or "+" in text:
+        yield urllib.parse.unquote_plus(text)
 
 
 # ---------------------------------------------------------------------------------------------------------

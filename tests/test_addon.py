@@ -1161,3 +1161,78 @@ async def test_stats_survives_a_store_outage(proxy: Proxy, monkeypatch: Any) -> 
     assert proxy.addon.vault
     monkeypatch.setattr(proxy.addon.vault.store, "stats", _store_down)
     assert "store unavailable" in proxy.tctx.master.commands.call("splittoken.stats")
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Edges found in review: preflights, TRACE, addresses as destinations, tokens outside the body
+
+
+async def test_cors_preflight_passes_without_credentials(proxy: Proxy) -> None:
+    flow = flow_for(
+        "OPTIONS", API, headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
+        mode=REVERSE_API,
+    )  # fmt: skip
+    assert await proxy.request(flow)
+    assert "authorization" not in flow.request.headers
+
+
+async def test_trace_is_refused_on_api_routes(proxy: Proxy) -> None:
+    fields, client = await proxy.login()
+    flow = api_flow(f"Bearer {body_of(client)['access_token']}")
+    flow.request.method = "TRACE"
+    assert not await proxy.request(flow)
+    assert flow.response is not None
+    assert_error(flow.response, 400, "invalid_request")
+    assert fields["access_token"] not in flow.request.headers.get("authorization", "")
+
+
+@pytest.mark.parametrize(
+    ("scheme", "sni", "joined"),
+    [("https", "api.example.com", True), ("https", "evil.net", False), ("http", None, False)],
+)
+async def test_address_destinations_are_checked_against_the_tls_server_name(
+    proxy: Proxy, scheme: str, sni: str | None, joined: bool
+) -> None:
+    """Transparent-style modes: the destination is an address, and the name it answers to is the SNI."""
+    proxy.configure(splittoken_api_filter=r"~d ^api\.example\.com$")
+    fields, client = await proxy.login()
+    flow = api_flow(
+        f"Bearer {body_of(client)['access_token']}", url=f"{scheme}://203.0.113.7/orders", mode="transparent",
+        host="api.example.com",
+    )  # fmt: skip
+    flow.client_conn.sni = sni
+    await proxy.request(flow)
+    assert (flow.request.headers["authorization"] == f"Bearer {fields['access_token']}") is joined
+    if not joined:
+        assert flow.response is not None and flow.response.status_code == 400
+
+
+async def test_a_jws_in_a_token_response_header_is_refused(proxy: Proxy) -> None:
+    fields = token_fields()
+    _, client = await proxy.login(fields, headers={"X-Debug-Token": fields["access_token"]})
+    assert_error(client, 502, "server_error")
+    assert_no_jwt(client.content or b"", fields["access_token"])
+
+
+async def test_an_error_response_holding_a_jws_is_refused(proxy: Proxy) -> None:
+    fields = token_fields()
+    error = {"error": "invalid_request", "error_description": f"bad token {fields['access_token']}"}
+    _, client = await proxy.login(error, status=400)
+    assert_error(client, 502, "server_error")
+
+
+def test_token_filter_ignores_token_in_the_query(proxy: Proxy) -> None:
+    assert proxy.addon._route(token_flow(url=f"{IDP}/login?next=/token")) is None
+    assert proxy.addon._route(token_flow(url=f"{IDP}/token?x=1")) == "token"
+
+
+async def test_an_empty_refresh_token_in_a_refresh_answer_keeps_the_handle(proxy: Proxy) -> None:
+    fields, client = await proxy.login()
+    handle = body_of(client)["refresh_token"]
+    flow = refresh_flow(handle)
+    assert await proxy.request(flow)
+    answer = await proxy.respond(flow, json_response(token_fields(refresh_token="")))
+    assert answer.status_code == 200
+    again = refresh_flow(handle)
+    assert await proxy.request(again)  # still a live refresh handle, not a retired one
+    assert fields["refresh_token"] in (again.request.get_text() or "")

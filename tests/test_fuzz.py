@@ -30,7 +30,7 @@ from mitmproxy.hooks import ConfigureHook
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
-from splittoken import jws
+from splittoken import jws, policy
 from splittoken.addon import SplitToken
 from splittoken.policy import TokenBody, Unparseable
 
@@ -335,7 +335,11 @@ async def test_no_jws_but_the_id_token_reaches_the_client(
     event(f"upstream {status} -> client {client.status_code}{' rewritten' if rewritten else ''}")
 
     if not 200 <= status < 300:
-        assert client.raw_content == before.raw_content  # errors pass unchanged
+        # The provider's errors pass unchanged, unless they would carry a token out: then 502.
+        if policy.holds_jws(before.get_content() or b""):
+            assert client.status_code == 502
+        else:
+            assert client.raw_content == before.raw_content
         return
     body = _client_body(client)
     allowed = _allowed_id_token(client, body)

@@ -9,6 +9,7 @@ client gets an error answer, never a token.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import os
@@ -33,8 +34,9 @@ logger = logging.getLogger("splittoken")
 Route = Literal["token", "revoke", "api"]
 T = TypeVar("T")
 
-DEFAULT_TOKEN_FILTER = '~m POST & ~u "/token($|[?])"'
-DEFAULT_REVOKE_FILTER = '~m POST & ~u "/revoke($|[?])"'
+# The path, not the query, must end in /token (…?next=/token is no token endpoint). ~u matches the whole URL.
+DEFAULT_TOKEN_FILTER = '~m POST & ~u "^[^?]*/token($|[?])"'
+DEFAULT_REVOKE_FILTER = '~m POST & ~u "^[^?]*/revoke($|[?])"'
 # How long a client waiting on another client's refresh of the same handle waits before giving up.
 REFRESH_WAIT_SECONDS = 60.0
 META = "splittoken"
@@ -310,12 +312,14 @@ class SplitToken:
 
     async def _api_request(self, flow: http.HTTPFlow) -> None:
         assert self.vault
-        if not isinstance(flow.client_conn.proxy_mode, ReverseMode) and (
-            flow.request.pretty_host.lower() != flow.request.host.lower()
-        ):
+        if _is_cors_preflight(flow):
+            return None  # browsers never send credentials on a preflight; the API must answer it
+        if not isinstance(flow.client_conn.proxy_mode, ReverseMode) and not _destination_is_named(flow):
             # ~d matches the Host header as well as the destination: a request to evil.net that says
             # "Host: api.example.com" would match an api filter naming api.example.com.
             return self._refuse(flow, policy.invalid_request("Host header does not name the destination"))
+        if flow.request.method == "TRACE":
+            return self._refuse(flow, policy.invalid_request("TRACE would echo the token back"))
         presented = policy.read_authorization(flow.request.headers.get_all("authorization"))
         if isinstance(presented, Refusal):
             return self._refuse(flow, presented)
@@ -384,20 +388,25 @@ class SplitToken:
         assert self.vault and flow.response
         response, meta = flow.response, flow.metadata[META]
         old_handle = meta.get("refresh_handle")
-        if not 200 <= response.status_code < 300:
-            if old_handle and response.status_code == 400 and _error_code(response) == "invalid_grant":
-                await self._refresh_refused(flow, old_handle)
-            return
+        if any(True for _, value in response.headers.items(multi=True) for _ in jws.find_jws(value)):
+            return self._refuse(flow, policy.bad_gateway("a JWS in a response header"))
         try:
             raw = _decoded(response, ctx.options.splittoken_max_body)
         except policy.TooLarge:
             return self._refuse(flow, policy.bad_gateway("response too large"))
         except policy.Unparseable as e:
             return self._refuse(flow, policy.bad_gateway(f"cannot decode the response: {e}"))
+        if not 200 <= response.status_code < 300:
+            # The provider's errors pass unchanged, unless they carry a token out.
+            if policy.holds_jws(raw):
+                return self._refuse(flow, policy.bad_gateway("an error response holding a JWS"))
+            if old_handle and response.status_code == 400 and _error_code(response) == "invalid_grant":
+                await self._refresh_refused(flow, old_handle)
+            return
         try:
             body = TokenBody.parse(response.headers.get("content-type", ""), raw)
         except policy.Unparseable as e:
-            if any(found for text in policy.readings(raw) for found in jws.find_jws(text)):
+            if policy.holds_jws(raw):
                 return self._refuse(flow, policy.bad_gateway(f"unparseable response holding a JWS ({e})"))
             return
 
@@ -426,6 +435,7 @@ class SplitToken:
             subject = ""
 
         rewritten = bool(records)
+        new_handle: str | None = None
         refresh = body.fields.get("refresh_token")
         if refresh is not None and refresh != "":
             if not isinstance(refresh, str):
@@ -451,7 +461,7 @@ class SplitToken:
         client_body = body.render()
         for handle, record in records:
             await self._io(self.vault.keep, handle, record)
-        if old_handle and body.fields.get("refresh_token") not in (None, old_handle):
+        if old_handle and new_handle not in (None, old_handle):
             await self._retire_refresh_handle(flow, old_handle, client_body, subject, now)
 
         response.content = client_body
@@ -593,6 +603,25 @@ class SplitToken:
 
 
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _is_cors_preflight(flow: http.HTTPFlow) -> bool:
+    return flow.request.method == "OPTIONS" and "access-control-request-method" in flow.request.headers
+
+
+def _destination_is_named(flow: http.HTTPFlow) -> bool:
+    """Whether the Host header names where the request really goes (outside reverse mode the client picks
+    both). When the destination is an address (transparent, local, WireGuard modes), the name it is known
+    by is the TLS server name, which mitmproxy verifies against the upstream certificate; a plain-HTTP
+    request to a bare address cannot be checked, and is not joined."""
+    host = flow.request.host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        name: str | None = host
+    else:
+        name = flow.client_conn.sni if flow.request.scheme == "https" else None
+    return bool(name) and name.lower() == flow.request.pretty_host.lower()
 
 
 def origin(flow: http.HTTPFlow) -> str:

@@ -95,12 +95,13 @@ def _b64_json_object(segment: str) -> bool:
 
 
 def has_compact_shape(value: str) -> bool:
-    """Three dot-separated parts whose first opens a JSON object: what a JWS (and so a JWT) looks like.
+    """Three dot-separated parts whose first is a base64url JSON object: what a JWS (and so a JWT) looks like.
 
-    Loose on purpose: a malformed JWS (a stray character in a segment) still counts, so that the caller
-    refuses it rather than passing its readable parts on as an opaque token.
+    Loose about the other two on purpose: a malformed JWS (a stray character in its payload) still counts,
+    so that the caller refuses it rather than passing its readable parts on as an opaque token. Strict about
+    the header, so that a dotted opaque token whose first part merely decodes to "{" is not taken for one.
     """
-    return value.count(".") == 2 and _b64_starts_json_object(value.partition(".")[0])
+    return value.count(".") == 2 and _b64_json_object(value.partition(".")[0])
 
 
 def _is_jwe_header(segment: str) -> bool:

@@ -252,6 +252,11 @@ def readings(raw: bytes) -> Iterator[str]:
         yield urllib.parse.unquote_plus(text)
 
 
+def holds_jws(raw: bytes) -> bool:
+    """Whether a body, read any way a client might read it, holds a compact JWS."""
+    return any(True for text in readings(raw) for _ in jws.find_jws(text))
+
+
 def strings_in(value: Any) -> Iterator[str]:
     """Every string (keys included) in a parsed JSON value; iterative, so depth cannot exhaust the stack."""
     stack = [value]

@@ -615,6 +615,8 @@ def _destination_is_named(flow: http.HTTPFlow) -> bool:
     by is the TLS server name, which mitmproxy verifies against the upstream certificate; a plain-HTTP
     request to a bare address cannot be checked, and is not joined."""
     host = flow.request.host
+    if host.lower() == flow.request.pretty_host.lower():
+        return True
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -545,6 +545,8 @@ class Handler(BaseHTTPRequestHandler):
 
 class IdpServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connections when a proxy opens many at once (benchmarks).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], idp: Idp, verbose: bool):
         super().__init__(address, Handler)

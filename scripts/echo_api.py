@@ -148,6 +148,8 @@ class Handler(BaseHTTPRequestHandler):
 
 class EchoServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connections when a proxy opens many at once (benchmarks).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], verbose: bool):
         super().__init__(address, Handler)

@@ -1236,3 +1236,17 @@ async def test_an_empty_refresh_token_in_a_refresh_answer_keeps_the_handle(proxy
     again = refresh_flow(handle)
     assert await proxy.request(again)  # still a live refresh handle, not a retired one
     assert fields["refresh_token"] in (again.request.get_text() or "")
+
+
+@pytest.mark.parametrize("log_joins", [True, False])
+async def test_one_log_line_per_join_unless_turned_off(
+    proxy: Proxy, caplog: pytest.LogCaptureFixture, log_joins: bool
+) -> None:
+    proxy.configure(splittoken_log_joins=log_joins)
+    _, client = await proxy.login()
+    handle = body_of(client)["access_token"]
+    with caplog.at_level(logging.INFO, logger="splittoken"):
+        assert await proxy.request(api_flow(f"Bearer {handle}"))
+    lines = [r.getMessage() for r in caplog.records if "joined" in r.getMessage()]
+    assert lines == ([f"joined handle {handle[:6]}…"] if log_joins else [])
+    assert handle not in caplog.text

@@ -62,9 +62,13 @@ class DiskStore:
         try:
             # eviction_policy "none": a full cache must never silently drop live handles; only expiry removes.
             # timeout is SQLite's busy timeout: a store locked by another process must not hang a request.
+            # No mmap and a 4 MiB page cache instead of diskcache's 64 MiB map and 32 MiB cache: with a large
+            # store those grew the proxy by 50-100 MiB and gave lookups a 100 µs p99 (page faults). Reads
+            # through the OS page cache are about as fast, and memory stays flat as the store grows.
             self._cache = diskcache.Cache(
-                str(self.directory), timeout=timeout, eviction_policy="none", statistics=False
-            )
+                str(self.directory), timeout=timeout, eviction_policy="none", statistics=False,
+                sqlite_mmap_size=0, sqlite_cache_size=1024,
+            )  # fmt: skip
         except _DISK_ERRORS as e:
             raise StoreUnavailable(f"cannot open store directory {self.directory}: {e}") from None
 

@@ -2,7 +2,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from procs import ManagedProcess
 from redis_server import RedisServer
+from stack import start_api, start_idp
 
 
 @pytest.fixture
@@ -15,3 +17,16 @@ def redis_server(
     server.start()
     yield server
     server.stop()
+
+
+# The demo identity provider and echo API, one of each per test module that asks.
+@pytest.fixture(scope="module")
+def idp() -> Iterator[ManagedProcess]:
+    with start_idp() as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[ManagedProcess]:
+    with start_api() as process:
+        yield process

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import inspect
 import json
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from mitmproxy import exceptions, http
-from mitmproxy.hooks import ConfigureHook
-from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
+from hooks import HookDriver as Proxy
+from hooks import driven_addon, flow_for
 from splittoken import addon as addon_module
 from splittoken import jws
 from splittoken.addon import SplitToken
@@ -51,58 +50,6 @@ def is_handle(value: object) -> bool:
 # Fixture and drivers
 
 
-class Proxy:
-    """The addon in a taddons context, with helpers that drive flows through its hooks."""
-
-    def __init__(self, tctx: taddons.context, addon: SplitToken) -> None:
-        self.tctx = tctx
-        self.addon = addon
-
-    def configure(self, **options: Any) -> None:
-        self.tctx.configure(self.addon, **options)
-
-    @property
-    def records(self) -> int:
-        assert self.addon.vault
-        return self.addon.vault.store.stats().records
-
-    async def request(self, flow: http.HTTPFlow) -> bool:
-        """requestheaders + request; True when the flow would go upstream (no local answer)."""
-        result = self.addon.requestheaders(flow)
-        if inspect.isawaitable(result):
-            await result
-        if flow.response is None:
-            await self.addon.request(flow)
-        if flow.response is not None:
-            await self.addon.response(flow)  # mitmproxy runs it for local answers too: must be a no-op
-            return False
-        return True
-
-    async def respond(self, flow: http.HTTPFlow, upstream: http.Response) -> http.Response:
-        """The upstream answer arrives: responseheaders + response; returns what the client gets."""
-        flow.response = upstream
-        self.addon.responseheaders(flow)
-        await self.addon.response(flow)
-        assert flow.response is not None
-        return flow.response
-
-    async def exchange(self, flow: http.HTTPFlow, upstream: http.Response | None = None) -> http.Response:
-        if await self.request(flow):
-            assert upstream is not None, "the flow went upstream"
-            return await self.respond(flow, upstream)
-        assert flow.response is not None
-        return flow.response
-
-    async def login(
-        self, fields: dict[str, Any] | None = None, **kw: Any
-    ) -> tuple[dict[str, Any], http.Response]:
-        """A password grant whose answer is ``fields``; returns what the IdP sent and what the client got."""
-        fields = fields if fields is not None else token_fields()
-        flow = token_flow()
-        client = await self.exchange(flow, json_response(fields, **kw))
-        return fields, client
-
-
 def token_fields(**extra: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "access_token": make_jwt(scope="openid"),
@@ -130,22 +77,6 @@ def json_response(
 def form_response(fields: dict[str, Any], status: int = 200) -> http.Response:
     content = urllib.parse.urlencode(fields).encode()
     return http.Response.make(status, content, {"Content-Type": "application/x-www-form-urlencoded"})
-
-
-def flow_for(
-    method: str,
-    url: str,
-    content: bytes = b"",
-    headers: dict[str, str] | Iterable[tuple[str, str]] = (),
-    mode: str | None = None,
-) -> http.HTTPFlow:
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    fields = [(k.encode(), v.encode("latin-1")) for k, v in pairs]
-    request = http.Request.make(method, url, content, http.Headers(fields))
-    flow = tflow.tflow(req=request)
-    if mode:
-        flow.client_conn.proxy_mode = ProxyMode.parse(mode)
-    return flow
 
 
 def token_flow(
@@ -211,13 +142,16 @@ def assert_no_jwt(raw: bytes, *tokens: str) -> None:
 
 @pytest.fixture
 async def proxy(tmp_path: Any) -> AsyncIterator[Proxy]:
-    addon = SplitToken()
-    with taddons.context(addon) as tctx:
-        tctx.options.update(confdir=str(tmp_path))  # nothing lands in the real ~/.mitmproxy
-        tctx.master.addons.invoke_addon_sync(addon, ConfigureHook(set(tctx.options.keys())))
-        tctx.configure(addon, splittoken_store=str(tmp_path / "store"))
-        yield Proxy(tctx, addon)
-        addon.done()
+    with driven_addon(tmp_path) as driver:
+        yield driver
+
+
+async def login(
+    proxy: Proxy, fields: dict[str, Any] | None = None, **kw: Any
+) -> tuple[dict[str, Any], http.Response]:
+    """A password grant whose answer is ``fields``; returns what the IdP sent and what the client got."""
+    fields = fields if fields is not None else token_fields()
+    return fields, await proxy.exchange(token_flow(), json_response(fields, **kw))
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -225,7 +159,7 @@ async def proxy(tmp_path: Any) -> AsyncIterator[Proxy]:
 
 
 async def test_json_token_response_is_split(proxy: Proxy) -> None:
-    fields, client = await proxy.login(headers={"X-Provider": "keycloak", "ETag": '"abc"'})
+    fields, client = await login(proxy, headers={"X-Provider": "keycloak", "ETag": '"abc"'})
     body = body_of(client)
     access = fields["access_token"]
     assert body["access_token"] == sig(access)
@@ -332,7 +266,7 @@ async def test_id_token_must_not_carry_the_access_token_out(proxy: Proxy) -> Non
 async def test_jwt_refresh_token_is_replaced(proxy: Proxy) -> None:
     refresh = make_jwt(typ="Refresh", exp=int(time.time()) + 1800)
     fields = token_fields(refresh_token=refresh)
-    _, client = await proxy.login(fields)
+    _, client = await login(proxy, fields)
     body = body_of(client)
     assert is_handle(body["refresh_token"])
     assert_no_jwt((client.raw_content or b"").replace(fields["id_token"].encode(), b""), refresh)
@@ -387,7 +321,7 @@ async def test_refused_tokens_answer_502_and_store_nothing(proxy: Proxy, make_ac
     proxy.configure(splittoken_algorithms=["RS256", "ES256"])
     access = make_access()
     fields = token_fields(access_token=access)
-    _, client = await proxy.login(fields)
+    _, client = await login(proxy, fields)
     assert_error(client, 502, "server_error")
     assert proxy.records == 0
     assert_no_jwt(client.content or b"", access, fields["id_token"])
@@ -506,7 +440,7 @@ async def test_unparseable_200_without_a_jws_passes_unchanged(proxy: Proxy, ctyp
 async def test_oversize_response_is_refused(proxy: Proxy) -> None:
     proxy.configure(splittoken_max_body=200)
     fields = token_fields()
-    _, client = await proxy.login(fields)
+    _, client = await login(proxy, fields)
     assert_error(client, 502, "server_error")
     assert "too large" in client.text
     assert proxy.records == 0
@@ -548,7 +482,7 @@ async def test_broken_content_encoding_is_refused(proxy: Proxy) -> None:
 
 async def test_non_string_refresh_token_is_refused(proxy: Proxy) -> None:
     fields = token_fields(refresh_token={"value": "x"})
-    _, client = await proxy.login(fields)
+    _, client = await login(proxy, fields)
     assert_error(client, 502, "server_error")
     assert proxy.records == 0
 
@@ -565,7 +499,7 @@ async def test_token_route_in_reverse_mode_is_not_an_api_route(proxy: Proxy) -> 
 
 
 async def test_api_join_bearer_and_bare(proxy: Proxy) -> None:
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     handle = body_of(client)["access_token"]
     for value in (f"Bearer {handle}", f"bearer {handle}", handle):
         flow = api_flow(value)
@@ -577,7 +511,7 @@ async def test_api_join_bearer_and_bare(proxy: Proxy) -> None:
 
 
 async def test_unknown_handle_is_refused_and_not_forwarded(proxy: Proxy) -> None:
-    await proxy.login()
+    await login(proxy)
     flow = api_flow("Bearer " + "A" * 43)
     assert not await proxy.request(flow)
     assert flow.response is not None
@@ -589,7 +523,7 @@ async def test_unknown_handle_is_refused_and_not_forwarded(proxy: Proxy) -> None
 
 
 async def test_refresh_handle_on_api_route_is_refused(proxy: Proxy) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     flow = api_flow(f"Bearer {body_of(client)['refresh_token']}")
     assert not await proxy.request(flow)
     assert flow.response is not None
@@ -629,7 +563,7 @@ async def test_malformed_authorization_is_400(proxy: Proxy, authorization: list[
 
 
 async def test_regular_mode_with_empty_api_filter_is_untouched(proxy: Proxy) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     handle = body_of(client)["access_token"]
     for mode in (None, "regular", "transparent", "socks5", "upstream:http://up.example:8080"):
         flow = api_flow(f"Bearer {handle}", mode=mode)
@@ -642,7 +576,7 @@ async def test_regular_mode_with_empty_api_filter_is_untouched(proxy: Proxy) -> 
 
 async def test_anchored_api_filter_joins_only_that_host(proxy: Proxy) -> None:
     proxy.configure(splittoken_api_filter=r"~d ^api\.example\.com$")
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     handle = body_of(client)["access_token"]
     flow = api_flow(f"Bearer {handle}", url="http://api.example.com/items", mode=None)
     assert await proxy.request(flow)
@@ -661,7 +595,7 @@ async def test_anchored_api_filter_is_not_fooled_by_a_host_header(proxy: Proxy) 
     # ~d also matches pretty_host, i.e. the Host header, which the client writes: a request sent to
     # evil.net with "Host: api.example.com" matches the anchored filter, and the JWT goes to evil.net.
     proxy.configure(splittoken_api_filter=r"~d ^api\.example\.com$")
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     handle = body_of(client)["access_token"]
     flow = api_flow(f"Bearer {handle}", url="http://evil.net/steal", mode=None, host="api.example.com")
     assert flow.request.host == "evil.net"
@@ -722,7 +656,7 @@ async def test_bad_options_raise(proxy: Proxy, options: dict[str, Any]) -> None:
 
 
 async def test_refresh_form_swaps_handle_for_real_token_and_rotates(proxy: Proxy, monkeypatch: Any) -> None:
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     first = body_of(client)
     handle = first["refresh_token"]
 
@@ -770,7 +704,7 @@ async def test_refresh_form_swaps_handle_for_real_token_and_rotates(proxy: Proxy
 
 
 async def test_refresh_json_request_body(proxy: Proxy) -> None:
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     flow = refresh_flow(body_of(client)["refresh_token"], json_body=True)
     assert await proxy.request(flow)
     sent = json.loads(flow.request.content or b"")
@@ -780,7 +714,7 @@ async def test_refresh_json_request_body(proxy: Proxy) -> None:
 
 
 async def test_refresh_without_rotation_keeps_the_handle(proxy: Proxy) -> None:
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     handle = body_of(client)["refresh_token"]
     flow = refresh_flow(handle)
     assert await proxy.request(flow)
@@ -799,7 +733,9 @@ async def test_refresh_without_rotation_and_opaque_access_token_keeps_the_refres
     # refresh has no record to store, and "nothing to store" means "pass the response unchanged", real
     # refresh token included.
     real = "real-refresh-" + "q" * 40
-    _, client = await proxy.login({"access_token": "opaque-1", "refresh_token": real, "token_type": "Bearer"})
+    _, client = await login(
+        proxy, {"access_token": "opaque-1", "refresh_token": real, "token_type": "Bearer"}
+    )
     handle = body_of(client)["refresh_token"]
     assert is_handle(handle)
     flow = refresh_flow(handle)
@@ -812,7 +748,7 @@ async def test_refresh_without_rotation_and_opaque_access_token_keeps_the_refres
 
 async def test_refresh_with_grace_zero_forgets_the_old_handle(proxy: Proxy) -> None:
     proxy.configure(splittoken_refresh_grace=0)
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     handle = body_of(client)["refresh_token"]
     flow = refresh_flow(handle)
     assert await proxy.request(flow)
@@ -829,7 +765,7 @@ async def test_refresh_with_grace_zero_forgets_the_old_handle(proxy: Proxy) -> N
     ids=["unknown", "sp", "dots", "empty", "u", "long"],
 )
 async def test_unknown_refresh_handle_is_refused_without_upstream(proxy: Proxy, presented: str) -> None:
-    await proxy.login()
+    await login(proxy)
     flow = refresh_flow(presented)
     assert not await proxy.request(flow)
     assert flow.response is not None
@@ -838,7 +774,7 @@ async def test_unknown_refresh_handle_is_refused_without_upstream(proxy: Proxy, 
 
 
 async def test_jwt_or_access_handle_as_refresh_token_is_refused(proxy: Proxy) -> None:
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     for presented in (fields["access_token"], body_of(client)["access_token"], fields["refresh_token"]):
         flow = refresh_flow(presented)
         assert not await proxy.request(flow)
@@ -847,7 +783,7 @@ async def test_jwt_or_access_handle_as_refresh_token_is_refused(proxy: Proxy) ->
 
 
 async def test_invalid_grant_from_idp_forgets_the_handle(proxy: Proxy) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     handle = body_of(client)["refresh_token"]
     flow = refresh_flow(handle)
     assert await proxy.request(flow)
@@ -862,7 +798,7 @@ async def test_invalid_grant_from_idp_forgets_the_handle(proxy: Proxy) -> None:
 
 
 async def test_other_refresh_errors_keep_the_handle(proxy: Proxy) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     handle = body_of(client)["refresh_token"]
     flow = refresh_flow(handle)
     assert await proxy.request(flow)
@@ -871,7 +807,7 @@ async def test_other_refresh_errors_keep_the_handle(proxy: Proxy) -> None:
 
 
 async def test_concurrent_refreshes_share_one_upstream_call(proxy: Proxy) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     handle = body_of(client)["refresh_token"]
     first = refresh_flow(handle)
     assert await proxy.request(first)
@@ -886,7 +822,7 @@ async def test_concurrent_refreshes_share_one_upstream_call(proxy: Proxy) -> Non
 
 
 async def test_upstream_error_releases_waiting_refreshes(proxy: Proxy) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     handle = body_of(client)["refresh_token"]
     first = refresh_flow(handle)
     assert await proxy.request(first)
@@ -903,7 +839,7 @@ async def test_refresh_handle_is_not_sent_to_another_authorization_server(proxy:
     # The default token filter matches any host's .../token. In regular (forward) proxy mode a client - or a
     # script that stole a refresh handle - sends it to a token endpoint of its choosing, and the proxy swaps
     # in the real refresh token on the way there.
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     flow = refresh_flow(body_of(client)["refresh_token"], url="http://evil.example/token")
     await proxy.request(flow)
     assert fields["refresh_token"] not in (flow.request.get_text() or "")
@@ -915,7 +851,7 @@ async def test_refresh_handle_is_not_sent_to_another_authorization_server(proxy:
 
 @pytest.mark.parametrize("hint", [None, "access_token", "refresh_token"])
 async def test_revoke_access_handle(proxy: Proxy, hint: str | None) -> None:
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     handle = body_of(client)["access_token"]
     flow = revoke_flow(handle, hint)
     assert await proxy.request(flow)
@@ -933,7 +869,7 @@ async def test_revoke_access_handle(proxy: Proxy, hint: str | None) -> None:
 
 
 async def test_revoke_refresh_handle(proxy: Proxy) -> None:
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     handle = body_of(client)["refresh_token"]
     flow = revoke_flow(handle, "refresh_token")
     assert await proxy.request(flow)
@@ -947,7 +883,7 @@ async def test_revoke_refresh_handle(proxy: Proxy) -> None:
 
 
 async def test_revoke_rotated_handle_is_answered_locally(proxy: Proxy) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     handle = body_of(client)["refresh_token"]
     flow = refresh_flow(handle)
     assert await proxy.request(flow)
@@ -963,7 +899,7 @@ async def test_revoke_rotated_handle_is_answered_locally(proxy: Proxy) -> None:
 
 
 async def test_unsupported_token_type_for_access_handle_becomes_200(proxy: Proxy) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     flow = revoke_flow(body_of(client)["access_token"])
     assert await proxy.request(flow)
     raw = b'{"error":"unsupported_token_type","error_description":"no"}'
@@ -973,7 +909,7 @@ async def test_unsupported_token_type_for_access_handle_becomes_200(proxy: Proxy
 
 
 async def test_unsupported_token_type_for_refresh_handle_stays_400(proxy: Proxy) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     flow = revoke_flow(body_of(client)["refresh_token"])
     assert await proxy.request(flow)
     raw = b'{"error":"unsupported_token_type"}'
@@ -991,7 +927,7 @@ async def test_revoke_of_unknown_token_passes_unchanged(proxy: Proxy, token: str
 
 async def test_revoked_access_token_is_not_sent_to_another_host(proxy: Proxy) -> None:
     # Same as refresh: a revocation to any host's .../revoke gets the whole JWT joined into its body.
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     flow = revoke_flow(body_of(client)["access_token"], url="http://evil.example/revoke")
     await proxy.request(flow)
     assert fields["access_token"] not in (flow.request.get_text() or "")
@@ -1009,7 +945,7 @@ async def test_store_write_failure_on_token_route_is_503(proxy: Proxy, monkeypat
     assert proxy.addon.vault
     monkeypatch.setattr(proxy.addon.vault.store, "put", _store_down)
     fields = token_fields()
-    _, client = await proxy.login(fields)
+    _, client = await login(proxy, fields)
     body = assert_error(client, 503, "temporarily_unavailable")
     assert client.headers["Retry-After"].isdigit()
     raw = client.content or b""
@@ -1021,7 +957,7 @@ async def test_store_write_failure_on_token_route_is_503(proxy: Proxy, monkeypat
 async def test_store_read_failure_on_api_route_is_503_and_not_forwarded(
     proxy: Proxy, monkeypatch: Any
 ) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     handle = body_of(client)["access_token"]
     assert proxy.addon.vault
     monkeypatch.setattr(proxy.addon.vault.store, "get", _store_down)
@@ -1034,7 +970,7 @@ async def test_store_read_failure_on_api_route_is_503_and_not_forwarded(
 
 
 async def test_store_failure_on_refresh_is_503_without_upstream(proxy: Proxy, monkeypatch: Any) -> None:
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     assert proxy.addon.vault
     monkeypatch.setattr(proxy.addon.vault.store, "get", _store_down)
     flow = refresh_flow(body_of(client)["refresh_token"])
@@ -1045,7 +981,7 @@ async def test_store_failure_on_refresh_is_503_without_upstream(proxy: Proxy, mo
 
 
 async def test_store_failure_on_revoke_is_503(proxy: Proxy, monkeypatch: Any) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     assert proxy.addon.vault
     monkeypatch.setattr(proxy.addon.vault.store, "delete", _store_down)
     flow = revoke_flow(body_of(client)["access_token"])
@@ -1060,14 +996,14 @@ async def test_unexpected_exception_in_token_response_is_502(proxy: Proxy, monke
 
     monkeypatch.setattr(addon_module.policy, "expiry", boom)
     fields = token_fields()
-    _, client = await proxy.login(fields)
+    _, client = await login(proxy, fields)
     assert_error(client, 502, "server_error")
     assert_no_jwt(client.content or b"", fields["access_token"], fields["id_token"])
     assert proxy.records == 0
 
 
 async def test_unexpected_exception_in_api_route_is_not_forwarded(proxy: Proxy, monkeypatch: Any) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     handle = body_of(client)["access_token"]
     monkeypatch.setattr(addon_module.jws, "join", lambda *_: 1 / 0)
     flow = api_flow(f"Bearer {handle}")
@@ -1106,7 +1042,7 @@ async def test_api_route_streaming_is_left_alone(proxy: Proxy) -> None:
 
 
 async def test_cycle_through_all_hooks(proxy: Proxy) -> None:
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     flow = api_flow(f"Bearer {body_of(client)['access_token']}")
     flow.response = http.Response.make(200, b"ok")
     await proxy.tctx.cycle(proxy.addon, flow)
@@ -1133,7 +1069,7 @@ async def test_flows_of_other_kinds_are_ignored(proxy: Proxy) -> None:
 
 
 async def test_commands(proxy: Proxy) -> None:
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     body = body_of(client)
     stats = proxy.tctx.master.commands.call("splittoken.stats")
     assert "records=2" in stats
@@ -1177,7 +1113,7 @@ async def test_cors_preflight_passes_without_credentials(proxy: Proxy) -> None:
 
 
 async def test_trace_is_refused_on_api_routes(proxy: Proxy) -> None:
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     flow = api_flow(f"Bearer {body_of(client)['access_token']}")
     flow.request.method = "TRACE"
     assert not await proxy.request(flow)
@@ -1195,7 +1131,7 @@ async def test_address_destinations_are_checked_against_the_tls_server_name(
 ) -> None:
     """Transparent-style modes: the destination is an address, and the name it answers to is the SNI."""
     proxy.configure(splittoken_api_filter=r"~d ^api\.example\.com$")
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     flow = api_flow(
         f"Bearer {body_of(client)['access_token']}", url=f"{scheme}://203.0.113.7/orders", mode="transparent",
         host="api.example.com",
@@ -1209,7 +1145,7 @@ async def test_address_destinations_are_checked_against_the_tls_server_name(
 
 async def test_a_jws_in_a_token_response_header_is_refused(proxy: Proxy) -> None:
     fields = token_fields()
-    _, client = await proxy.login(fields, headers={"X-Debug-Token": fields["access_token"]})
+    _, client = await login(proxy, fields, headers={"X-Debug-Token": fields["access_token"]})
     assert_error(client, 502, "server_error")
     assert_no_jwt(client.content or b"", fields["access_token"])
 
@@ -1217,7 +1153,7 @@ async def test_a_jws_in_a_token_response_header_is_refused(proxy: Proxy) -> None
 async def test_an_error_response_holding_a_jws_is_refused(proxy: Proxy) -> None:
     fields = token_fields()
     error = {"error": "invalid_request", "error_description": f"bad token {fields['access_token']}"}
-    _, client = await proxy.login(error, status=400)
+    _, client = await login(proxy, error, status=400)
     assert_error(client, 502, "server_error")
 
 
@@ -1227,7 +1163,7 @@ def test_token_filter_ignores_token_in_the_query(proxy: Proxy) -> None:
 
 
 async def test_an_empty_refresh_token_in_a_refresh_answer_keeps_the_handle(proxy: Proxy) -> None:
-    fields, client = await proxy.login()
+    fields, client = await login(proxy)
     handle = body_of(client)["refresh_token"]
     flow = refresh_flow(handle)
     assert await proxy.request(flow)
@@ -1243,7 +1179,7 @@ async def test_one_log_line_per_join_unless_turned_off(
     proxy: Proxy, caplog: pytest.LogCaptureFixture, log_joins: bool
 ) -> None:
     proxy.configure(splittoken_log_joins=log_joins)
-    _, client = await proxy.login()
+    _, client = await login(proxy)
     handle = body_of(client)["access_token"]
     with caplog.at_level(logging.INFO, logger="splittoken"):
         assert await proxy.request(api_flow(f"Bearer {handle}"))

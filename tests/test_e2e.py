@@ -19,23 +19,11 @@ import pytest
 import requests
 
 from procs import ManagedProcess
-from stack import CLIENT, REVOKE_PATH, ROOT, TOKEN_PATH, Proxy, start_api, start_idp, start_proxy
+from stack import CLIENT, REVOKE_PATH, ROOT, TOKEN_PATH, Proxy, start_idp, start_proxy
 
 pytestmark = pytest.mark.e2e
 
 JWS_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[ManagedProcess]:
-    with start_idp() as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[ManagedProcess]:
-    with start_api() as process:
-        yield process
 
 
 @pytest.fixture

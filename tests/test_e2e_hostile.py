@@ -21,7 +21,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from procs import ManagedProcess
-from stack import TOKEN_PATH, Proxy, start_api, start_proxy
+from stack import TOKEN_PATH, Proxy, start_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -69,12 +69,6 @@ def canned() -> Iterator[CannedServer]:
     yield server
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[ManagedProcess]:
-    with start_api() as process:
-        yield process
 
 
 @pytest.fixture(scope="module")

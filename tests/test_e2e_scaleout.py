@@ -24,7 +24,7 @@ import requests
 
 from procs import ManagedProcess
 from redis_server import RedisServer
-from stack import CLIENT, REVOKE_PATH, TOKEN_PATH, Proxy, start_api, start_idp, start_proxy
+from stack import CLIENT, REVOKE_PATH, TOKEN_PATH, Proxy, start_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -38,18 +38,6 @@ STORE_TIMEOUT_MS = 300  # splittoken_store_timeout_ms in the outage test
 REQUEST_BOUND = 5.0  # seconds one request may take while the store is down
 RECOVERY_BOUND = 10.0  # seconds from Redis answering again to the first successful API call
 HTTP_TIMEOUT = 15  # requests' own timeout: longer than any bound, so a hang fails an assert, not the run
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[ManagedProcess]:
-    with start_idp() as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[ManagedProcess]:
-    with start_api() as process:
-        yield process
 
 
 StartProxies = Callable[..., list[Proxy]]

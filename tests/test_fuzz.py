@@ -12,7 +12,6 @@ id_token equal to the access token.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import time
@@ -26,12 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from mitmproxy import http
-from mitmproxy.hooks import ConfigureHook
 from mitmproxy.proxy.mode_specs import ProxyMode
-from mitmproxy.test import taddons, tflow
+from mitmproxy.test import tflow
 
+from hooks import HookDriver as Proxy
+from hooks import driven_addon, flow_for
 from splittoken import jws, policy
-from splittoken.addon import SplitToken
 from splittoken.policy import TokenBody, Unparseable
 
 _COMMON = {
@@ -240,46 +239,14 @@ def token_response(draw: st.DrawFn) -> tuple[bytes, str, bool]:
 # The proxy
 
 
-class Proxy:
-    def __init__(self, addon: SplitToken) -> None:
-        self.addon = addon
-
-    async def request(self, flow: http.HTTPFlow) -> bool:
-        result = self.addon.requestheaders(flow)
-        if inspect.isawaitable(result):
-            await result
-        if flow.response is None:
-            await self.addon.request(flow)
-        if flow.response is not None:
-            await self.addon.response(flow)
-            return False
-        return True
-
-    async def respond(self, flow: http.HTTPFlow, upstream: http.Response) -> http.Response:
-        flow.response = upstream
-        self.addon.responseheaders(flow)
-        await self.addon.response(flow)
-        assert flow.response is not None
-        return flow.response
-
-
 @pytest.fixture
 async def proxy(tmp_path: Any) -> AsyncIterator[Proxy]:
-    addon = SplitToken()
-    with taddons.context(addon) as tctx:
-        tctx.options.update(confdir=str(tmp_path))
-        tctx.master.addons.invoke_addon_sync(addon, ConfigureHook(set(tctx.options.keys())))
-        tctx.configure(addon, splittoken_store=str(tmp_path / "store"))
-        yield Proxy(addon)
-        addon.done()
+    with driven_addon(tmp_path) as driver:
+        yield driver
 
 
 def _post(url: str, body: bytes, ctype: str, mode: str | None = None) -> http.HTTPFlow:
-    request = http.Request.make("POST", url, body, {"Content-Type": ctype})
-    flow = tflow.tflow(req=request)
-    if mode:
-        flow.client_conn.proxy_mode = ProxyMode.parse(mode)
-    return flow
+    return flow_for("POST", url, body, {"Content-Type": ctype}, mode)
 
 
 def _client_body(response: http.Response) -> bytes:

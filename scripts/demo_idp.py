@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A Keycloak-like demo identity provider for splittoken's demos and end-to-end tests.
 
-Standalone on purpose (stdlib http.server + pyjwt + cryptography, no mitmproxy): it stands in for the
+No mitmproxy on purpose (stdlib http.server via demo_http.py, pyjwt, cryptography): it stands in for the
 authorization server behind the proxy. It serves Keycloak's paths, so splittoken's default filters match
 it and a real Keycloak alike.
 
@@ -48,20 +48,20 @@ import hashlib
 import hmac
 import json
 import secrets
-import signal
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+
+from demo_http import MAX_BODY, DemoServer, QuietHandler, read_body, serve
 
 CLIENTS = {"demo-client": "demo-secret"}
 USERS: dict[str, dict[str, Any]] = {
@@ -77,7 +77,6 @@ USERS: dict[str, dict[str, Any]] = {
 SUBJECTS = {str(uuid.uuid5(uuid.NAMESPACE_URL, f"demo-idp:{name}")): name for name in USERS}
 GRANTS = ("client_credentials", "password", "refresh_token")
 DEFAULT_SCOPES = ["profile", "email"]
-MAX_BODY = 16 * 1024 * 1024
 JSONDict = dict[str, Any]
 
 
@@ -421,32 +420,7 @@ class Idp:
         }
 
 
-def read_body(handler: BaseHTTPRequestHandler) -> bytes:
-    """The request body, framed by Content-Length or chunked transfer-encoding."""
-    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
-        chunks, size = [], 0
-        while True:
-            line = handler.rfile.readline(1024)
-            length = int(line.split(b";")[0].strip() or b"x", 16)  # ValueError on junk
-            if length == 0:
-                while handler.rfile.readline(1024).strip():  # trailers
-                    pass
-                return b"".join(chunks)
-            size += length
-            if size > MAX_BODY:
-                raise ValueError("body too large")
-            chunks.append(handler.rfile.read(length))
-            handler.rfile.readline(8)
-    length = int(handler.headers.get("Content-Length") or 0)
-    if not 0 <= length <= MAX_BODY:
-        raise ValueError("bad Content-Length")
-    return handler.rfile.read(length)
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Without it, each keep-alive answer waits ~40 ms for a delayed ACK (Nagle).
-    disable_nagle_algorithm = True
+class Handler(QuietHandler):
     server: IdpServer
 
     def do_GET(self) -> None:
@@ -538,24 +512,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
-    def log_message(self, *args: Any) -> None:
-        if self.server.verbose:  # quiet by default: tests read our output
-            super().log_message(*args)
 
-
-class IdpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # socketserver's default backlog of 5 drops connections when a proxy opens many at once (benchmarks).
-    request_queue_size = 128
-
+class IdpServer(DemoServer):
     def __init__(self, address: tuple[str, int], idp: Idp, verbose: bool):
-        super().__init__(address, Handler)
-        self.idp, self.verbose = idp, verbose
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client hanging up mid-answer is routine in tests; anything else deserves a traceback.
-        if not isinstance(sys.exc_info()[1], ConnectionError) or self.verbose:
-            super().handle_error(request, client_address)
+        super().__init__(address, Handler, verbose)
+        self.idp = idp
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -579,16 +540,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     server = IdpServer((args.host, args.port), Idp(args), args.verbose)
-    # SIGTERM becomes SystemExit, which unwinds serve_forever() like Ctrl-C does: a clean exit, no traceback.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:  # a signal may come as soon as the ready line is out
-        print(f"demo-idp listening on http://{args.host}:{server.server_address[1]}", flush=True)
-        server.serve_forever()
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve(server, "demo-idp", args.host)
 
 
 if __name__ == "__main__":

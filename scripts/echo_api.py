@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An echo API for splittoken's demos and end-to-end tests: it shows exactly what reached the API.
 
-Standalone on purpose (stdlib http.server + pyjwt, no mitmproxy).
+No mitmproxy on purpose (stdlib http.server via demo_http.py, pyjwt).
 
     python scripts/echo_api.py [--host 127.0.0.1] [--port 0] [--verbose]
 
@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
 
-MAX_BODY = 16 * 1024 * 1024
+from demo_http import DemoServer, QuietHandler, read_body, serve
 
 
 class Stats:
@@ -55,28 +53,6 @@ class Stats:
             return {"requests": self.requests, "authorizations": list(self.authorizations)}
 
 
-def read_body(handler: BaseHTTPRequestHandler) -> bytes:
-    """The request body, framed by Content-Length or chunked transfer-encoding."""
-    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
-        chunks, size = [], 0
-        while True:
-            line = handler.rfile.readline(1024)
-            length = int(line.split(b";")[0].strip() or b"x", 16)  # ValueError on junk or EOF
-            if length == 0:
-                while handler.rfile.readline(1024).strip():  # trailers
-                    pass
-                return b"".join(chunks)
-            size += length
-            if size > MAX_BODY:
-                raise ValueError("body too large")
-            chunks.append(handler.rfile.read(length))
-            handler.rfile.readline(8)
-    length = int(handler.headers.get("Content-Length") or 0)
-    if not 0 <= length <= MAX_BODY:
-        raise ValueError("bad Content-Length")
-    return handler.rfile.read(length)
-
-
 def bearer_claims(authorization: str) -> dict[str, Any] | None:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer":
@@ -88,10 +64,7 @@ def bearer_claims(authorization: str) -> dict[str, Any] | None:
         return None
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Without it, each keep-alive answer waits ~40 ms for a delayed ACK (Nagle).
-    disable_nagle_algorithm = True
+class Handler(QuietHandler):
     server: EchoServer
 
     def __getattr__(self, name: str) -> Any:
@@ -141,24 +114,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
-    def log_message(self, *args: Any) -> None:
-        if self.server.verbose:  # quiet by default: tests read our output
-            super().log_message(*args)
 
-
-class EchoServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # socketserver's default backlog of 5 drops connections when a proxy opens many at once (benchmarks).
-    request_queue_size = 128
-
+class EchoServer(DemoServer):
     def __init__(self, address: tuple[str, int], verbose: bool):
-        super().__init__(address, Handler)
-        self.stats, self.verbose = Stats(), verbose
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client hanging up mid-answer is routine in tests; anything else deserves a traceback.
-        if not isinstance(sys.exc_info()[1], ConnectionError) or self.verbose:
-            super().handle_error(request, client_address)
+        super().__init__(address, Handler, verbose)
+        self.stats = Stats()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,16 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
     server = EchoServer((args.host, args.port), args.verbose)
-    # SIGTERM becomes SystemExit, which unwinds serve_forever() like Ctrl-C does: a clean exit, no traceback.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:  # a signal may come as soon as the ready line is out
-        print(f"echo-api listening on http://{args.host}:{server.server_address[1]}", flush=True)
-        server.serve_forever()
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        server.server_close()
-    return 0
+    return serve(server, "echo-api", args.host)
 
 
 if __name__ == "__main__":

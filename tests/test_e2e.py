@@ -4,6 +4,7 @@ real HTTP clients. Every process is started on free loopback ports and stopped b
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import shutil
@@ -18,7 +19,7 @@ import jwt
 import pytest
 import requests
 
-from procs import ManagedProcess
+from procs import ManagedProcess, free_port
 from stack import CLIENT, REVOKE_PATH, ROOT, TOKEN_PATH, Proxy, start_idp, start_proxy
 
 pytestmark = pytest.mark.e2e
@@ -188,63 +189,49 @@ def test_handles_survive_a_restart_and_are_shared_between_processes(idp, api, st
         second.stop()
 
 
-def test_regular_proxy_mode_joins_only_where_the_api_filter_says(idp, api, tmp_path: Path) -> None:
-    """In forward mode the addon injects only for hosts the api filter names, never for look-alikes."""
-    api_port = url(api).rsplit(":", 1)[1]
-    # Reverse listeners come from start_proxy; add a regular listener and send traffic through it.
-    for api_filter, expect_join in ((rf"~d ^127\.0\.0\.1$ & ~u :{api_port}/", True), ("", False)):
-        regular_port = str(_free_port())
-        started = start_proxy(
-            url(idp), url(api), store=str(tmp_path / "store"),
-            options={"splittoken_api_filter": api_filter} if api_filter else None,
-            extra_args=["--mode", f"regular@{regular_port}"],
-        )  # fmt: skip
-        try:
-            started.process.wait_for(re.compile(rf"listening at .*:{regular_port}\b"))
-            handle = login(started).json()["access_token"]
-            proxies = {"http": f"http://127.0.0.1:{regular_port}"}
-            response = requests.get(
-                url(api) + "/forward",
-                headers={"Authorization": f"Bearer {handle}"},
-                proxies=proxies,
-                timeout=10,
-            )
-            forwarded = forwarded_authorization(response)
-            assert (forwarded != f"Bearer {handle}") is expect_join
-            assert JWS_RE.search(forwarded) if expect_join else not JWS_RE.search(forwarded)
-        finally:
-            started.stop()
-
-
-def test_look_alike_hosts_get_no_jwt(idp, api, tmp_path: Path) -> None:
-    """``~d`` is a regex search: an anchored filter keeps api.example.com.evil.net from getting the JWT."""
-    regular_port = str(_free_port())
+@contextlib.contextmanager
+def forward_proxy(idp, api, tmp_path: Path, api_filter: str) -> Iterator[tuple[Proxy, str, dict[str, str]]]:
+    """mitmdump with a regular (forward) listener beside the reverse ones; yields the proxy, a handle issued
+    through its token listener, and the ``proxies`` setting that sends requests through the forward one."""
+    regular_port = free_port()
     started = start_proxy(
         url(idp), url(api), store=str(tmp_path / "store"),
-        options={"splittoken_api_filter": r"~d ^api\.example\.com$"},
+        options={"splittoken_api_filter": api_filter} if api_filter else None,
         extra_args=["--mode", f"regular@{regular_port}"],
     )  # fmt: skip
     try:
         started.process.wait_for(re.compile(rf"listening at .*:{regular_port}\b"))
         handle = login(started).json()["access_token"]
-        proxies = {"http": f"http://127.0.0.1:{regular_port}"}
+        yield started, handle, {"http": f"http://127.0.0.1:{regular_port}"}
+    finally:
+        started.stop()
+
+
+@pytest.mark.parametrize("joined", [True, False])
+def test_regular_proxy_mode_joins_only_where_the_api_filter_says(
+    idp, api, tmp_path: Path, joined: bool
+) -> None:
+    api_port = url(api).rsplit(":", 1)[1]
+    api_filter = rf"~d ^127\.0\.0\.1$ & ~u :{api_port}/" if joined else ""
+    with forward_proxy(idp, api, tmp_path, api_filter) as (_, handle, proxies):
+        headers = {"Authorization": f"Bearer {handle}"}
+        response = requests.get(url(api) + "/forward", headers=headers, proxies=proxies, timeout=10)
+        forwarded = forwarded_authorization(response)
+        assert (forwarded != f"Bearer {handle}") is joined
+        assert bool(JWS_RE.search(forwarded)) is joined
+
+
+def test_look_alike_hosts_get_no_jwt(idp, api, tmp_path: Path) -> None:
+    """``~d`` is a regex search: an anchored filter keeps api.example.com.evil.net from getting the JWT."""
+    with forward_proxy(idp, api, tmp_path, r"~d ^api\.example\.com$") as (started, handle, proxies):
         # The look-alike host is unresolvable here: what matters is that no JWT is injected on the way.
+        headers = {"Authorization": f"Bearer {handle}"}
         response = requests.get(
-            "http://api.example.com.evil.net/", headers={"Authorization": f"Bearer {handle}"},
-            proxies=proxies, timeout=10,
-        )  # fmt: skip
+            "http://api.example.com.evil.net/", headers=headers, proxies=proxies, timeout=10
+        )
         assert response.status_code == 502  # mitmproxy could not reach it; the addon did not refuse it
         assert "split-token" not in response.text
-    finally:
-        output = started.output()
-        started.stop()
-    assert "joined handle" not in output
-
-
-def _free_port() -> int:
-    from procs import free_port
-
-    return free_port()
+        assert "joined handle" not in started.output()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -131,6 +131,22 @@ def assert_error(response: http.Response, status: int, error: str | None) -> dic
     return body
 
 
+async def refreshing(proxy: Proxy) -> tuple[dict[str, Any], str, http.HTTPFlow]:
+    """A login, then a refresh with the refresh handle it gave, on its way upstream."""
+    fields, client = await login(proxy)
+    handle = body_of(client)["refresh_token"]
+    flow = refresh_flow(handle)
+    assert await proxy.request(flow)
+    return fields, handle, flow
+
+
+async def assert_refused(proxy: Proxy, flow: http.HTTPFlow, status: int, error: str | None) -> dict[str, Any]:
+    """The proxy answers ``flow`` itself, with an RFC error; nothing goes upstream."""
+    assert not await proxy.request(flow)
+    assert flow.response is not None
+    return assert_error(flow.response, status, error)
+
+
 def assert_no_jwt(raw: bytes, *tokens: str) -> None:
     """No compact JWS in ``raw``, nor the whole, the signing input or the claims of any of ``tokens``."""
     text = raw.decode("utf-8", "replace")
@@ -513,9 +529,7 @@ async def test_api_join_bearer_and_bare(proxy: Proxy) -> None:
 async def test_unknown_handle_is_refused_and_not_forwarded(proxy: Proxy) -> None:
     await login(proxy)
     flow = api_flow("Bearer " + "A" * 43)
-    assert not await proxy.request(flow)
-    assert flow.response is not None
-    assert_error(flow.response, 401, "invalid_token")
+    await assert_refused(proxy, flow, 401, "invalid_token")
     challenge = flow.response.headers["WWW-Authenticate"]
     assert challenge.startswith('Bearer realm="splittoken", error="invalid_token"')
     assert flow.request.headers["Authorization"] == "Bearer " + "A" * 43
@@ -525,17 +539,13 @@ async def test_unknown_handle_is_refused_and_not_forwarded(proxy: Proxy) -> None
 async def test_refresh_handle_on_api_route_is_refused(proxy: Proxy) -> None:
     _, client = await login(proxy)
     flow = api_flow(f"Bearer {body_of(client)['refresh_token']}")
-    assert not await proxy.request(flow)
-    assert flow.response is not None
-    assert_error(flow.response, 401, "invalid_token")
+    await assert_refused(proxy, flow, 401, "invalid_token")
 
 
 async def test_client_jwt_is_refused_unless_allowed(proxy: Proxy) -> None:
     token = make_jwt()
     flow = api_flow(f"Bearer {token}")
-    assert not await proxy.request(flow)
-    assert flow.response is not None
-    assert_error(flow.response, 401, "invalid_token")
+    await assert_refused(proxy, flow, 401, "invalid_token")
     proxy.configure(splittoken_allow_client_jwt=True)
     flow = api_flow(f"Bearer {token}")
     assert await proxy.request(flow)
@@ -557,9 +567,7 @@ async def test_no_authorization_is_a_challenge_without_error(proxy: Proxy) -> No
 )
 async def test_malformed_authorization_is_400(proxy: Proxy, authorization: list[str]) -> None:
     flow = api_flow(*authorization)
-    assert not await proxy.request(flow)
-    assert flow.response is not None
-    assert_error(flow.response, 400, "invalid_request")
+    await assert_refused(proxy, flow, 400, "invalid_request")
 
 
 async def test_regular_mode_with_empty_api_filter_is_untouched(proxy: Proxy) -> None:
@@ -698,9 +706,7 @@ async def test_refresh_form_swaps_handle_for_real_token_and_rotates(proxy: Proxy
     monkeypatch.setattr(time, "time", lambda: real() + 11)
     proxy.addon.vault.clock = time.time
     after = refresh_flow(handle)
-    assert not await proxy.request(after)
-    assert after.response is not None
-    assert_error(after.response, 400, "invalid_grant")
+    await assert_refused(proxy, after, 400, "invalid_grant")
 
 
 async def test_refresh_json_request_body(proxy: Proxy) -> None:
@@ -714,10 +720,7 @@ async def test_refresh_json_request_body(proxy: Proxy) -> None:
 
 
 async def test_refresh_without_rotation_keeps_the_handle(proxy: Proxy) -> None:
-    fields, client = await login(proxy)
-    handle = body_of(client)["refresh_token"]
-    flow = refresh_flow(handle)
-    assert await proxy.request(flow)
+    fields, handle, flow = await refreshing(proxy)
     again = token_fields(refresh_token=fields["refresh_token"])
     answer = await proxy.respond(flow, json_response(again))
     assert body_of(answer)["refresh_token"] == handle
@@ -748,15 +751,10 @@ async def test_refresh_without_rotation_and_opaque_access_token_keeps_the_refres
 
 async def test_refresh_with_grace_zero_forgets_the_old_handle(proxy: Proxy) -> None:
     proxy.configure(splittoken_refresh_grace=0)
-    _, client = await login(proxy)
-    handle = body_of(client)["refresh_token"]
-    flow = refresh_flow(handle)
-    assert await proxy.request(flow)
+    _, handle, flow = await refreshing(proxy)
     await proxy.respond(flow, json_response(token_fields(refresh_token="new-" + "n" * 40)))
     late = refresh_flow(handle)
-    assert not await proxy.request(late)
-    assert late.response is not None
-    assert_error(late.response, 400, "invalid_grant")
+    await assert_refused(proxy, late, 400, "invalid_grant")
 
 
 @pytest.mark.parametrize(
@@ -767,9 +765,7 @@ async def test_refresh_with_grace_zero_forgets_the_old_handle(proxy: Proxy) -> N
 async def test_unknown_refresh_handle_is_refused_without_upstream(proxy: Proxy, presented: str) -> None:
     await login(proxy)
     flow = refresh_flow(presented)
-    assert not await proxy.request(flow)
-    assert flow.response is not None
-    assert_error(flow.response, 400, "invalid_grant")
+    await assert_refused(proxy, flow, 400, "invalid_grant")
     assert "WWW-Authenticate" not in flow.response.headers
 
 
@@ -777,40 +773,27 @@ async def test_jwt_or_access_handle_as_refresh_token_is_refused(proxy: Proxy) ->
     fields, client = await login(proxy)
     for presented in (fields["access_token"], body_of(client)["access_token"], fields["refresh_token"]):
         flow = refresh_flow(presented)
-        assert not await proxy.request(flow)
-        assert flow.response is not None
-        assert_error(flow.response, 400, "invalid_grant")
+        await assert_refused(proxy, flow, 400, "invalid_grant")
 
 
 async def test_invalid_grant_from_idp_forgets_the_handle(proxy: Proxy) -> None:
-    _, client = await login(proxy)
-    handle = body_of(client)["refresh_token"]
-    flow = refresh_flow(handle)
-    assert await proxy.request(flow)
+    _, handle, flow = await refreshing(proxy)
     raw = b'{"error":"invalid_grant","error_description":"Token is not active"}'
     answer = await proxy.respond(flow, json_response(None, status=400, raw=raw))
     assert answer.status_code == 400
     assert answer.raw_content == raw
     flow = refresh_flow(handle)
-    assert not await proxy.request(flow)
-    assert flow.response is not None
-    assert_error(flow.response, 400, "invalid_grant")
+    await assert_refused(proxy, flow, 400, "invalid_grant")
 
 
 async def test_other_refresh_errors_keep_the_handle(proxy: Proxy) -> None:
-    _, client = await login(proxy)
-    handle = body_of(client)["refresh_token"]
-    flow = refresh_flow(handle)
-    assert await proxy.request(flow)
+    _, handle, flow = await refreshing(proxy)
     await proxy.respond(flow, json_response(None, status=503, raw=b'{"error":"temporarily_unavailable"}'))
     assert await proxy.request(refresh_flow(handle))
 
 
 async def test_concurrent_refreshes_share_one_upstream_call(proxy: Proxy) -> None:
-    _, client = await login(proxy)
-    handle = body_of(client)["refresh_token"]
-    first = refresh_flow(handle)
-    assert await proxy.request(first)
+    _, handle, first = await refreshing(proxy)
     second = refresh_flow(handle)
     waiting = asyncio.create_task(proxy.request(second))
     await asyncio.sleep(0.01)
@@ -822,10 +805,7 @@ async def test_concurrent_refreshes_share_one_upstream_call(proxy: Proxy) -> Non
 
 
 async def test_upstream_error_releases_waiting_refreshes(proxy: Proxy) -> None:
-    _, client = await login(proxy)
-    handle = body_of(client)["refresh_token"]
-    first = refresh_flow(handle)
-    assert await proxy.request(first)
+    _, handle, first = await refreshing(proxy)
     second = refresh_flow(handle)
     waiting = asyncio.create_task(proxy.request(second))
     await asyncio.sleep(0.01)
@@ -862,9 +842,7 @@ async def test_revoke_access_handle(proxy: Proxy, hint: str | None) -> None:
     answer = await proxy.respond(flow, http.Response.make(200, b""))
     assert answer.status_code == 200
     api = api_flow(f"Bearer {handle}")
-    assert not await proxy.request(api)
-    assert api.response is not None
-    assert_error(api.response, 401, "invalid_token")
+    await assert_refused(proxy, api, 401, "invalid_token")
     assert proxy.addon.counters["revocations"] == 1
 
 
@@ -877,25 +855,18 @@ async def test_revoke_refresh_handle(proxy: Proxy) -> None:
     assert sent == {"token": fields["refresh_token"], "token_type_hint": "refresh_token"}
     await proxy.respond(flow, http.Response.make(200, b""))
     again = refresh_flow(handle)
-    assert not await proxy.request(again)
-    assert again.response is not None
-    assert_error(again.response, 400, "invalid_grant")
+    await assert_refused(proxy, again, 400, "invalid_grant")
 
 
 async def test_revoke_rotated_handle_is_answered_locally(proxy: Proxy) -> None:
-    _, client = await login(proxy)
-    handle = body_of(client)["refresh_token"]
-    flow = refresh_flow(handle)
-    assert await proxy.request(flow)
+    _, handle, flow = await refreshing(proxy)
     await proxy.respond(flow, json_response(token_fields(refresh_token="new-" + "n" * 40)))
     revoke = revoke_flow(handle)
     assert not await proxy.request(revoke)
     assert revoke.response is not None
     assert revoke.response.status_code == 200
     late = refresh_flow(handle)
-    assert not await proxy.request(late)
-    assert late.response is not None
-    assert_error(late.response, 400, "invalid_grant")
+    await assert_refused(proxy, late, 400, "invalid_grant")
 
 
 async def test_unsupported_token_type_for_access_handle_becomes_200(proxy: Proxy) -> None:
@@ -962,9 +933,7 @@ async def test_store_read_failure_on_api_route_is_503_and_not_forwarded(
     assert proxy.addon.vault
     monkeypatch.setattr(proxy.addon.vault.store, "get", _store_down)
     flow = api_flow(f"Bearer {handle}")
-    assert not await proxy.request(flow)
-    assert flow.response is not None
-    assert_error(flow.response, 503, "temporarily_unavailable")
+    await assert_refused(proxy, flow, 503, "temporarily_unavailable")
     assert "Retry-After" in flow.response.headers
     assert flow.request.headers["Authorization"] == f"Bearer {handle}"
 
@@ -974,9 +943,7 @@ async def test_store_failure_on_refresh_is_503_without_upstream(proxy: Proxy, mo
     assert proxy.addon.vault
     monkeypatch.setattr(proxy.addon.vault.store, "get", _store_down)
     flow = refresh_flow(body_of(client)["refresh_token"])
-    assert not await proxy.request(flow)
-    assert flow.response is not None
-    assert_error(flow.response, 503, "temporarily_unavailable")
+    await assert_refused(proxy, flow, 503, "temporarily_unavailable")
     assert fields["refresh_token"] not in (flow.request.get_text() or "")
 
 
@@ -985,9 +952,7 @@ async def test_store_failure_on_revoke_is_503(proxy: Proxy, monkeypatch: Any) ->
     assert proxy.addon.vault
     monkeypatch.setattr(proxy.addon.vault.store, "delete", _store_down)
     flow = revoke_flow(body_of(client)["access_token"])
-    assert not await proxy.request(flow)
-    assert flow.response is not None
-    assert_error(flow.response, 503, "temporarily_unavailable")
+    await assert_refused(proxy, flow, 503, "temporarily_unavailable")
 
 
 async def test_unexpected_exception_in_token_response_is_502(proxy: Proxy, monkeypatch: Any) -> None:
@@ -1116,9 +1081,7 @@ async def test_trace_is_refused_on_api_routes(proxy: Proxy) -> None:
     fields, client = await login(proxy)
     flow = api_flow(f"Bearer {body_of(client)['access_token']}")
     flow.request.method = "TRACE"
-    assert not await proxy.request(flow)
-    assert flow.response is not None
-    assert_error(flow.response, 400, "invalid_request")
+    await assert_refused(proxy, flow, 400, "invalid_request")
     assert fields["access_token"] not in flow.request.headers.get("authorization", "")
 
 
@@ -1163,10 +1126,7 @@ def test_token_filter_ignores_token_in_the_query(proxy: Proxy) -> None:
 
 
 async def test_an_empty_refresh_token_in_a_refresh_answer_keeps_the_handle(proxy: Proxy) -> None:
-    fields, client = await login(proxy)
-    handle = body_of(client)["refresh_token"]
-    flow = refresh_flow(handle)
-    assert await proxy.request(flow)
+    fields, handle, flow = await refreshing(proxy)
     answer = await proxy.respond(flow, json_response(token_fields(refresh_token="")))
     assert answer.status_code == 200
     again = refresh_flow(handle)

@@ -1146,3 +1146,24 @@ async def test_one_log_line_per_join_unless_turned_off(
     lines = [r.getMessage() for r in caplog.records if "joined" in r.getMessage()]
     assert lines == ([f"joined handle {handle[:6]}…"] if log_joins else [])
     assert handle not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "path", ["/realms/demo/.well-known/openid-configuration", "/realms/demo/protocol/openid-connect/certs"]
+)
+async def test_public_discovery_and_keys_pass_without_credentials(proxy: Proxy, path: str) -> None:
+    flow = flow_for("GET", f"http://idp.example{path}", mode=REVERSE_IDP)
+    assert await proxy.request(flow)
+
+
+async def test_public_paths_still_join_a_presented_handle(proxy: Proxy) -> None:
+    fields, client = await login(proxy)
+    flow = api_flow(f"Bearer {body_of(client)['access_token']}", url="http://api.example/.well-known/x")
+    assert await proxy.request(flow)
+    assert flow.request.headers["authorization"] == f"Bearer {fields['access_token']}"
+
+
+async def test_empty_public_filter_makes_every_route_require_credentials(proxy: Proxy) -> None:
+    proxy.configure(splittoken_public_filter="")
+    flow = flow_for("GET", "http://idp.example/.well-known/openid-configuration", mode=REVERSE_IDP)
+    await assert_refused(proxy, flow, 401, None)

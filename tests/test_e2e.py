@@ -409,3 +409,13 @@ def test_a_stolen_store_yields_no_token_handle_or_claim(
         assert not JWS_RE.search(data.decode("latin-1")), path
         for secret in secrets:
             assert secret.encode() not in data, (path, secret[:12])
+
+
+def test_oidc_discovery_and_keys_work_through_the_proxy(idp, proxy: Proxy) -> None:
+    """An OAuth client library pointed at the proxy fetches discovery and the key set without credentials."""
+    discovery = requests.get(proxy.idp_url + "/realms/demo/.well-known/openid-configuration", timeout=10)
+    assert discovery.status_code == 200 and discovery.json()["token_endpoint"].endswith("/token")
+    keys = requests.get(proxy.idp_url + "/realms/demo/protocol/openid-connect/certs", timeout=10)
+    assert keys.status_code == 200 and keys.json()["keys"]
+    # Any other route without credentials is still refused by the proxy itself.
+    assert call_api(proxy, None, "/realms/demo/account").status_code == 401

@@ -37,6 +37,11 @@ T = TypeVar("T")
 # The path, not the query, must end in /token (…?next=/token is no token endpoint). ~u matches the whole URL.
 DEFAULT_TOKEN_FILTER = '~m POST & ~u "^[^?]*/token($|[?])"'
 DEFAULT_REVOKE_FILTER = '~m POST & ~u "^[^?]*/revoke($|[?])"'
+# Discovery (RFC 8414, OIDC) and key sets: Keycloak and Google .../certs, Okta and Entra .../keys, Auth0
+# /.well-known/jwks.json.
+DEFAULT_PUBLIC_FILTER = (
+    '~m GET & (~u "^[^?]*/[.]well-known/" | ~u "^[^?]*/(certs|keys|jwks|jwks[.]json)($|[?])")'
+)
 # How long a client waiting on another client's refresh of the same handle waits before giving up.
 REFRESH_WAIT_SECONDS = 60.0
 META = "splittoken"
@@ -55,6 +60,7 @@ class SplitToken:
         self.token_filter: flowfilter.TFilter | None = None
         self.revoke_filter: flowfilter.TFilter | None = None
         self.api_filter: flowfilter.TFilter | None = None  # None: every reverse-proxy request
+        self.public_filter: flowfilter.TFilter | None = None
         self.vault: Vault | None = None
         self.algorithms: frozenset[str] = frozenset(jws.DEFAULT_ALGORITHMS)
         self.jwks: jwt.PyJWKClient | None = None
@@ -85,6 +91,14 @@ class SplitToken:
         loader.add_option(
             "splittoken_revoke_filter", str, DEFAULT_REVOKE_FILTER,
             "Filter expression for RFC 7009 token revocation calls.",
+        )
+        loader.add_option(
+            "splittoken_public_filter", str, DEFAULT_PUBLIC_FILTER,
+            """
+            Filter expression for public requests on API routes: when they carry no Authorization, they pass
+            instead of being answered 401. Default: OAuth/OIDC discovery documents and key sets, which
+            clients fetch without credentials. A request that does carry a handle is re-joined as usual.
+            """,
         )
         loader.add_option(
             "splittoken_store", str, "",
@@ -140,6 +154,9 @@ class SplitToken:
             self.token_filter = _parse_filter("splittoken_token_filter", opts.splittoken_token_filter)
         if "splittoken_revoke_filter" in updated:
             self.revoke_filter = _parse_filter("splittoken_revoke_filter", opts.splittoken_revoke_filter)
+        if "splittoken_public_filter" in updated:
+            spec = opts.splittoken_public_filter
+            self.public_filter = _parse_filter("splittoken_public_filter", spec) if spec.strip() else None
         if "splittoken_api_filter" in updated:
             spec = opts.splittoken_api_filter
             self.api_filter = _parse_filter("splittoken_api_filter", spec) if spec.strip() else None
@@ -320,8 +337,12 @@ class SplitToken:
 
     async def _api_request(self, flow: http.HTTPFlow) -> None:
         assert self.vault
-        if _is_cors_preflight(flow):
-            return None  # browsers never send credentials on a preflight; the API must answer it
+        if "authorization" not in flow.request.headers and (
+            _is_cors_preflight(flow) or (self.public_filter and self.public_filter(flow))
+        ):
+            # Nothing to join, and nothing a client must be stopped from sending: browsers never send
+            # credentials on a preflight, and discovery documents and key sets are public by design.
+            return None
         if not isinstance(flow.client_conn.proxy_mode, ReverseMode) and not _destination_is_named(flow):
             # ~d matches the Host header as well as the destination: a request to evil.net that says
             # "Host: api.example.com" would match an api filter naming api.example.com.

@@ -1167,3 +1167,11 @@ async def test_empty_public_filter_makes_every_route_require_credentials(proxy: 
     proxy.configure(splittoken_public_filter="")
     flow = flow_for("GET", "http://idp.example/.well-known/openid-configuration", mode=REVERSE_IDP)
     await assert_refused(proxy, flow, 401, None)
+
+
+async def test_refusal_logs_never_show_the_query(proxy: Proxy, caplog: pytest.LogCaptureFixture) -> None:
+    secret = "q" * 43
+    flow = api_flow("Bearer unknown", url=f"http://api.example/items?access_token={secret}")
+    with caplog.at_level(logging.INFO, logger="splittoken"):
+        await assert_refused(proxy, flow, 401, "invalid_token")
+    assert "/items" in caplog.text and secret not in caplog.text

@@ -304,7 +304,7 @@ class SplitToken:
 
     def _refuse(self, flow: http.HTTPFlow, refusal: Refusal) -> None:
         self._answer(flow, _response(refusal), f"refused: {refusal.description}")
-        logger.info("refused %s %s: %s", flow.request.method, flow.request.path[:80], refusal.description)
+        logger.info("refused %s %s: %s", flow.request.method, _logged_path(flow), refusal.description)
 
     def _annotate(self, flow: http.HTTPFlow, note: str, refused: bool = False) -> None:
         flow.comment = f"split-token: {note}"
@@ -321,7 +321,7 @@ class SplitToken:
             self._refuse(flow, policy.store_unavailable())
         except Exception as e:
             # The exception's text could hold a token: log its type only.
-            logger.error("split-token failed on %s: %s", flow.request.path[:80], type(e).__name__)
+            logger.error("split-token failed on %s: %s", _logged_path(flow), type(e).__name__)
             self._refuse(flow, on_error)
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
@@ -633,6 +633,11 @@ class SplitToken:
 
 
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _logged_path(flow: http.HTTPFlow) -> str:
+    # Without the query: a client may put a token there (RFC 6750 §2.3 access_token=…).
+    return flow.request.path.partition("?")[0][:80]
 
 
 def _is_cors_preflight(flow: http.HTTPFlow) -> bool:

@@ -1175,3 +1175,21 @@ async def test_refusal_logs_never_show_the_query(proxy: Proxy, caplog: pytest.Lo
     with caplog.at_level(logging.INFO, logger="splittoken"):
         await assert_refused(proxy, flow, 401, "invalid_token")
     assert "/items" in caplog.text and secret not in caplog.text
+
+
+@pytest.mark.parametrize("redact", [True, False])
+async def test_api_responses_echoing_the_jwt_are_redacted_when_asked(proxy: Proxy, redact: bool) -> None:
+    proxy.configure(splittoken_redact_api_responses=redact)
+    fields, client = await login(proxy)
+    handle = body_of(client)["access_token"]
+    flow = api_flow(f"Bearer {handle}")
+    assert await proxy.request(flow)
+    jwt_ = fields["access_token"]
+    echoed = http.Response.make(
+        200, json.dumps({"you sent": f"Bearer {jwt_}"}), {"X-Debug": jwt_, "Content-Type": "application/json"}
+    )
+    answer = await proxy.respond(flow, echoed)
+    assert (jwt_ in answer.text) is not redact
+    assert (answer.headers["X-Debug"] == jwt_) is not redact
+    if redact:
+        assert body_of(answer) == {"you sent": f"Bearer {handle}"} and answer.headers["X-Debug"] == handle

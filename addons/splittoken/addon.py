@@ -135,6 +135,11 @@ class SplitToken:
             "If set, verify each token's signature against this JWKS before storing it.",
         )
         loader.add_option(
+            "splittoken_redact_api_responses", bool, False,
+            "Replace the re-joined JWT with its handle wherever an API's response echoes it back (debug "
+            "endpoints, error pages). Off by default: the demo's echo API shows what the API received.",
+        )
+        loader.add_option(
             "splittoken_allow_client_jwt", bool, False,
             "Let clients present a full JWT on API routes (forwarded unchanged); for migrations only.",
         )
@@ -273,6 +278,8 @@ class SplitToken:
                 self._settle_refresh(flow)
         elif meta["route"] == "revoke":
             self._revoke_response(flow)
+        elif meta.get("event") == "joined" and ctx.options.splittoken_redact_api_responses:
+            _redact_echoed_token(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         if META in flow.metadata:
@@ -633,6 +640,24 @@ class SplitToken:
 
 
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _redact_echoed_token(flow: http.HTTPFlow) -> None:
+    """Put the handle back wherever the API's response repeats the JWT it was given."""
+    assert flow.response
+    token = flow.request.headers.get("authorization", "").partition(" ")[2]
+    handle = token.rpartition(".")[2]
+    if not handle:
+        return
+    headers = flow.response.headers
+    for name in {name for name, value in headers.items(multi=True) if token in value}:
+        headers.set_all(name, [value.replace(token, handle) for value in headers.get_all(name)])
+    try:
+        body = flow.response.get_content()
+    except ValueError:
+        return  # undecodable: the client cannot read it either
+    if body and token.encode() in body:
+        flow.response.content = body.replace(token.encode(), handle.encode())
 
 
 def _logged_path(flow: http.HTTPFlow) -> str:

@@ -669,26 +669,30 @@ def _is_cors_preflight(flow: http.HTTPFlow) -> bool:
     return flow.request.method == "OPTIONS" and "access-control-request-method" in flow.request.headers
 
 
-def _destination_is_named(flow: http.HTTPFlow) -> bool:
-    """Whether the Host header names where the request really goes (outside reverse mode the client picks
-    both). When the destination is an address (transparent, local, WireGuard modes), the name it is known
-    by is the TLS server name, which mitmproxy verifies against the upstream certificate; a plain-HTTP
-    request to a bare address cannot be checked, and is not joined."""
-    host = flow.request.host
-    if host.lower() == flow.request.pretty_host.lower():
-        return True
+def _destination_name(flow: http.HTTPFlow) -> str:
+    """The name of where a request really goes, whatever its Host header says. Outside reverse mode the
+    client picks both. When the destination is an address (transparent, local, WireGuard modes), the name it
+    is known by is the TLS server name, which mitmproxy verifies against the upstream certificate; plain
+    HTTP to a bare address has no name but the address."""
+    host = flow.request.host.lower()
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        name: str | None = host
-    else:
-        name = flow.client_conn.sni if flow.request.scheme == "https" else None
-    return bool(name) and name.lower() == flow.request.pretty_host.lower()
+        return host
+    sni = flow.client_conn.sni if flow.request.scheme == "https" else None
+    return sni.lower() if sni else host
+
+
+def _destination_is_named(flow: http.HTTPFlow) -> bool:
+    """Whether the Host header names the real destination (a plain-HTTP request to a bare address that
+    says another name cannot be checked, and is not joined)."""
+    named = flow.request.pretty_host.lower()
+    return named in (flow.request.host.lower(), _destination_name(flow))
 
 
 def origin(flow: http.HTTPFlow) -> str:
-    """Where a request really goes (after reverse-proxy rewriting), whatever its Host header says."""
-    return f"{flow.request.scheme}://{flow.request.host.lower()}:{flow.request.port}"
+    """The token endpoint a handle came from, or a refresh or revocation goes to: scheme, name, port."""
+    return f"{flow.request.scheme}://{_destination_name(flow)}:{flow.request.port}"
 
 
 def _parse_filter(option: str, spec: str) -> flowfilter.TFilter:

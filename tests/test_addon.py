@@ -1193,3 +1193,23 @@ async def test_api_responses_echoing_the_jwt_are_redacted_when_asked(proxy: Prox
     assert (answer.headers["X-Debug"] == jwt_) is not redact
     if redact:
         assert body_of(answer) == {"you sent": f"Bearer {handle}"} and answer.headers["X-Debug"] == handle
+
+
+async def test_handles_are_bound_to_the_token_endpoint_name_not_its_address(proxy: Proxy) -> None:
+    """Transparent mode: the provider answers from several addresses under one verified TLS name."""
+
+    def via(address: str, sni: str, flow: http.HTTPFlow) -> http.HTTPFlow:
+        flow.request.url = f"https://{address}{flow.request.path}"
+        flow.request.headers["Host"] = "idp.example"
+        flow.client_conn.sni = sni
+        return flow
+
+    fields = token_fields()
+    client = await proxy.exchange(via("203.0.113.1", "idp.example", token_flow()), json_response(fields))
+    handle = body_of(client)["refresh_token"]
+    elsewhere = via("203.0.113.2", "idp.example", refresh_flow(handle))
+    assert await proxy.request(elsewhere)
+    assert fields["refresh_token"] in (elsewhere.request.get_text() or "")
+    await proxy.respond(elsewhere, json_response(token_fields(refresh_token=fields["refresh_token"])))
+    impostor = via("198.51.100.9", "evil.example", refresh_flow(handle))
+    await assert_refused(proxy, impostor, 400, "invalid_grant")

@@ -1213,3 +1213,10 @@ async def test_handles_are_bound_to_the_token_endpoint_name_not_its_address(prox
     await proxy.respond(elsewhere, json_response(token_fields(refresh_token=fields["refresh_token"])))
     impostor = via("198.51.100.9", "evil.example", refresh_flow(handle))
     await assert_refused(proxy, impostor, 400, "invalid_grant")
+
+
+def test_changing_the_leeway_keeps_the_open_store(proxy: Proxy) -> None:
+    assert proxy.addon.vault
+    store = proxy.addon.vault.store
+    proxy.configure(splittoken_leeway=30)
+    assert proxy.addon.vault.store is store and proxy.addon.vault.leeway == 30

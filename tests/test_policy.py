@@ -130,6 +130,11 @@ def test_read_authorization_malformed_credential(value: str) -> None:
     refused(policy.read_authorization([value]), 400, "invalid_request")
 
 
+def test_read_authorization_takes_a_client_jwt_with_a_large_claim_set() -> None:
+    large = jwt.encode({"sub": "alice", "pad": "x" * 30_000}, "s" * 32, algorithm="HS256")
+    assert policy.read_authorization([f"Bearer {large}"]) == Presented(large, is_jwt=True)
+
+
 def test_read_authorization_longest_handle() -> None:
     handle = "A" * policy.MAX_HANDLE_LENGTH
     assert policy.read_authorization([f"Bearer {handle}"]) == Presented(handle, is_jwt=False)

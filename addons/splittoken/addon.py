@@ -160,11 +160,10 @@ class SplitToken:
         if "splittoken_revoke_filter" in updated:
             self.revoke_filter = _parse_filter("splittoken_revoke_filter", opts.splittoken_revoke_filter)
         if "splittoken_public_filter" in updated:
-            spec = opts.splittoken_public_filter
-            self.public_filter = _parse_filter("splittoken_public_filter", spec) if spec.strip() else None
+            self.public_filter = _parse_filter("splittoken_public_filter", opts.splittoken_public_filter)
         if "splittoken_api_filter" in updated:
             spec = opts.splittoken_api_filter
-            self.api_filter = _parse_filter("splittoken_api_filter", spec) if spec.strip() else None
+            self.api_filter = _parse_filter("splittoken_api_filter", spec)
             if unanchored_domain(spec):
                 logger.warning(
                     "splittoken_api_filter %r has an unanchored ~d: it also matches look-alike hosts "
@@ -196,8 +195,10 @@ class SplitToken:
             if url and not url.startswith(("https://", "http://")):
                 raise exceptions.OptionsError(f"splittoken_jwks_url must be an http(s) URL, not {url!r}")
             self.jwks = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5) if url else None
-        if {"splittoken_store", "splittoken_store_timeout_ms", "splittoken_leeway", "confdir"} & updated:
+        if {"splittoken_store", "splittoken_store_timeout_ms", "confdir"} & updated:
             self._open_vault()
+        elif "splittoken_leeway" in updated and self.vault:
+            self.vault.leeway = opts.splittoken_leeway
 
     def _open_vault(self) -> None:
         opts = ctx.options
@@ -499,7 +500,9 @@ class SplitToken:
         for handle, record in records:
             await self._io(self.vault.keep, handle, record)
         if old_handle and new_handle not in (None, old_handle):
-            await self._retire_refresh_handle(flow, old_handle, client_body, subject, now)
+            grace_end = now + ctx.options.splittoken_refresh_grace
+            replay = Record("rotated", client_body.decode(), grace_end, subject, issuer)
+            await self._retire_refresh_handle(old_handle, replay)
 
         response.content = client_body
         for stale in ("ETag", "Content-MD5", "Digest", "Content-Digest"):
@@ -535,15 +538,11 @@ class SplitToken:
             now, expires_in=relative or None, max_ttl=ctx.options.splittoken_refresh_max_ttl
         )
 
-    async def _retire_refresh_handle(
-        self, flow: http.HTTPFlow, handle: str, client_body: bytes, subject: str, now: float
-    ) -> None:
+    async def _retire_refresh_handle(self, handle: str, replay: Record) -> None:
         """A rotated refresh handle answers late or concurrent refreshes with the same new handles for a
         short grace period, so that two tabs refreshing at once do not log each other out."""
         assert self.vault
-        grace = ctx.options.splittoken_refresh_grace
-        if grace:
-            replay = Record("rotated", client_body.decode(), now + grace, subject, origin(flow))
+        if ctx.options.splittoken_refresh_grace:
             await self._io(self.vault.keep, handle, replay)
         else:
             await self._io(self.vault.forget, handle)
@@ -695,7 +694,10 @@ def origin(flow: http.HTTPFlow) -> str:
     return f"{flow.request.scheme}://{_destination_name(flow)}:{flow.request.port}"
 
 
-def _parse_filter(option: str, spec: str) -> flowfilter.TFilter:
+def _parse_filter(option: str, spec: str) -> flowfilter.TFilter | None:
+    """A filter option's expression; None for an empty one."""
+    if not spec.strip():
+        return None
     try:
         return flowfilter.parse(spec)
     except ValueError as e:

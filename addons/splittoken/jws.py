@@ -45,9 +45,6 @@ class SplitJWS:
     header: Mapping[str, Any]
     claims: Mapping[str, Any]
 
-    def join(self) -> str:
-        return join(self.signing_input, self.signature)
-
 
 def join(signing_input: str, signature: str) -> str:
     return f"{signing_input}.{signature}"

@@ -197,9 +197,6 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"RedisStore({self._safe_url!r})"
 
-    def describe(self) -> str:
-        return self._safe_url
-
     @contextlib.contextmanager
     def _calling(self, action: str) -> Iterator[None]:
         """Turn Redis failures into StoreUnavailable. After a timeout, fail fast for one timeout's length:
@@ -254,12 +251,8 @@ class RedisStore:
         self._redis.close()
 
 
-def is_redis_url(spec: str) -> bool:
-    return spec.startswith(("redis://", "rediss://", "unix://"))
-
-
 def open_store(spec: str, *, timeout: float = 1.0) -> Store:
     """A store from the ``splittoken_store`` option: a directory, or a redis:// / rediss:// URL."""
-    if is_redis_url(spec):
+    if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore(spec, timeout=timeout)
     return DiskStore(spec, timeout=timeout)

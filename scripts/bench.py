@@ -62,8 +62,9 @@ from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.version import VERSION as MITMPROXY_VERSION
 
 from redis_server import RedisServer
-from splittoken.addon import META, SplitToken
+from splittoken.addon import SplitToken
 from splittoken.seal import Record, seal, store_key
+from splittoken.state import META
 from splittoken.store import DiskStore, Store
 from splittoken.vault import Vault
 from stack import CLIENT, ROOT, TOKEN_PATH, Proxy, start_api, start_idp, start_proxy
@@ -452,7 +453,7 @@ async def time_splits(addon: SplitToken, template: TokenTemplate, count: int) ->
             raise BenchFailed(f"split refused: {flow.metadata.get(META)}")
         issued.append(signature)
     for signature in issued:
-        addon.vault.forget(signature)
+        addon.vault.forget_now(signature)
     return times
 
 
@@ -471,13 +472,13 @@ async def micro_rounds(
             # Random records across the whole store: a proxy serving many clients does not hit one page.
             handles = [handle_for(rng.randrange(size)) for _ in range(plan.joins)]
             nolog_handles = [handle_for(rng.randrange(size)) for _ in range(plan.joins)]
-            addon.vault = vaults[size]
+            use_vault(addon, vaults[size])
             for log_joins in rotated((True, False), r):
                 options.update(splittoken_log_joins=log_joins)  # through the addon's configure hook
                 op, batch = ("join", handles) if log_joins else ("join_nolog", nolog_handles)
                 times[op][size].append(await time_joins(addon, batch))
             options.update(splittoken_log_joins=True)
-            if not addon.log_joins:
+            if not (addon.settings and addon.settings.log_joins):
                 raise BenchFailed("splittoken_log_joins did not go back to its default")
             times["lookup"][size].append(time_lookups(vaults[size].store, handles))
             times["split"][size].append(await time_splits(addon, template, plan.splits))
@@ -507,6 +508,7 @@ def micro(plan: Plan, idp_url: str, work: Path, profile: Path | None) -> dict[st
         # One open store per size, swapped in per batch: each keeps its SQLite page cache warm, as the
         # store of a long-running proxy is.
         own_vault = addon.vault
+        assert own_vault
         # What a log line reaches here (for the method text): the root handlers and the addons an add_log
         # event is dispatched to.
         log_path = {
@@ -520,8 +522,8 @@ def micro(plan: Plan, idp_url: str, work: Path, profile: Path | None) -> dict[st
                 profile.write_text(profile_joins(loop, plan, addon, vaults[plan.sizes[-1]]))
         finally:
             for vault in vaults.values():
-                vault.store.close()
-            addon.vault = own_vault
+                vault.close()
+            use_vault(addon, own_vault)
             # Closes the addon's own store and unhooks mitmproxy's logging from the root logger.
             loop.run_until_complete(tctx.master.done())
             logging.getLogger().setLevel(root_level)
@@ -551,6 +553,13 @@ def micro(plan: Plan, idp_url: str, work: Path, profile: Path | None) -> dict[st
     }
 
 
+def use_vault(addon: SplitToken, vault: Vault) -> None:
+    """Point the addon's routes at one of the per-size vaults, as if its store option had changed."""
+    assert addon.settings
+    addon.vault = vault
+    addon._build_routes(addon.settings, vault)
+
+
 def profile_joins(loop: asyncio.AbstractEventLoop, plan: Plan, addon: SplitToken, vault: Vault) -> str:
     """pyinstrument's text profile of one more batch of joins, against the largest store."""
     from pyinstrument import Profiler
@@ -558,7 +567,7 @@ def profile_joins(loop: asyncio.AbstractEventLoop, plan: Plan, addon: SplitToken
     rng = random.Random(SEED)
     size = plan.sizes[-1]
     handles = [handle_for(rng.randrange(size)) for _ in range(plan.joins * plan.micro_rounds)]
-    addon.vault = vault
+    use_vault(addon, vault)
     # A short interval: a join takes tens of µs. The loop itself is profiled too, because the add_log events
     # a log line queues run there, after the hook has returned.
     profiler = Profiler(interval=0.0001)

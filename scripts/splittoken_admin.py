@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "addons"))
 
-from splittoken.store import StoreUnavailable, open_store
+from splittoken.errors import SplitTokenError
+from splittoken.store import open_store
 from splittoken.vault import Vault, describe
 
 
@@ -36,28 +37,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        vault = Vault(open_store(args.store, timeout=args.timeout), clock=time.time)
+        vault = Vault(open_store(args.store, timeout=args.timeout))
         try:
             return run(vault, args.command, getattr(args, "handle", "").strip())
         finally:
-            vault.store.close()
-    except (StoreUnavailable, ValueError) as e:
+            vault.close()
+    except (SplitTokenError, ValueError) as e:  # unreachable, or a store URL that is not one
         print(f"store unavailable: {e}", file=sys.stderr)
         return 2
 
 
 def run(vault: Vault, command: str, handle: str) -> int:
     if command == "stats":
-        print(describe(vault.store.stats()))
+        print(describe(vault.stats_now()))
     elif command == "purge":
-        print(f"purged {vault.store.purge()} expired record(s)")
+        print(f"purged {vault.purge_now()} expired record(s)")
     elif command == "revoke":
-        if not vault.forget(handle):
+        if not vault.forget_now(handle):
             print("no such handle")
             return 1
         print("revoked")
     else:
-        record = vault.find(handle)
+        record = vault.find_now(handle)
         if record is None:
             print("no such handle (unknown, expired or revoked)")
             return 1

@@ -1,7 +1,9 @@
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from hooks import HookDriver, driven_addon
 from procs import ManagedProcess
 from redis_server import RedisServer
 from stack import start_api, start_idp
@@ -30,3 +32,10 @@ def idp() -> Iterator[ManagedProcess]:
 def api() -> Iterator[ManagedProcess]:
     with start_api() as process:
         yield process
+
+
+@pytest.fixture
+async def proxy(tmp_path: Path) -> AsyncIterator[HookDriver]:
+    """The addon in a taddons context, configured as mitmdump would, its store under tmp_path."""
+    with driven_addon(tmp_path) as driver:
+        yield driver

@@ -137,29 +137,29 @@ def test_vault_keep_find_forget() -> None:
     store, now = MemoryStore(), [1000.0]
     vault = Vault(store, clock=lambda: now[0], leeway=5)  # type: ignore[arg-type]
     r = record(expires_at=1100.0)
-    vault.keep(HANDLE, r)
+    vault.keep_now(HANDLE, r)
     (key,) = store.data
     assert key == seal.store_key(HANDLE)
     assert store.data[key][1] == 1105.0  # the store keeps it for the leeway too
-    assert vault.find(HANDLE) == r
-    assert vault.find(HANDLE + "x") is None
+    assert vault.find_now(HANDLE) == r
+    assert vault.find_now(HANDLE + "x") is None
     now[0] = 1104.9
-    assert vault.find(HANDLE) == r
+    assert vault.find_now(HANDLE) == r
     now[0] = 1105.0
-    assert vault.find(HANDLE) is None  # expired records are refused before the store purges them
+    assert vault.find_now(HANDLE) is None  # expired records are refused before the store purges them
     now[0] = 1000.0
-    assert vault.forget(HANDLE)
-    assert not vault.forget(HANDLE)
-    assert vault.find(HANDLE) is None
+    assert vault.forget_now(HANDLE)
+    assert not vault.forget_now(HANDLE)
+    assert vault.find_now(HANDLE) is None
 
 
 def test_vault_record_copied_under_another_key_is_not_found() -> None:
     store = MemoryStore()
     vault = Vault(store, clock=lambda: 0.0)  # type: ignore[arg-type]
-    vault.keep(HANDLE, record())
+    vault.keep_now(HANDLE, record())
     attacker = new_refresh_handle()
     store.data[seal.store_key(attacker)] = store.data[seal.store_key(HANDLE)]
-    assert vault.find(attacker) is None
+    assert vault.find_now(attacker) is None
 
 
 def test_new_refresh_handles_are_long_random_base64url() -> None:

@@ -10,7 +10,7 @@ import pytest
 from mitmproxy import contentviews, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from splittoken.addon import META
+from splittoken.state import META
 from splittoken.view import SplitTokenView, describe_time
 
 NOW = 1_700_000_000

@@ -16,6 +16,8 @@ from typing import Any
 
 import jwt
 
+from .errors import TokenRefused
+
 # Asymmetric and HMAC JWS algorithms (RFC 7518, RFC 8037). "none" is never acceptable.
 DEFAULT_ALGORITHMS: tuple[str, ...] = (
     "RS256", "RS384", "RS512",
@@ -32,10 +34,6 @@ _COMPACT_SHAPE = re.compile(rf"{_B64URL}+\.{_B64URL}+\.{_B64URL}*")
 _TOKEN_RUN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-class TokenRefused(ValueError):
-    """The token must not be handed on. The message is safe to log and to send: it never holds the token."""
-
-
 @dataclass(frozen=True)
 class SplitJWS:
     """A compact JWS taken apart: what the proxy keeps, and the handle the client gets."""
@@ -44,6 +42,13 @@ class SplitJWS:
     signature: str  # the handle
     header: Mapping[str, Any]
     claims: Mapping[str, Any]
+
+
+def is_json_number(value: object) -> bool:
+    """A JSON number as a claim holds it: an int or a finite float, not a bool (True is an int to Python)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def join(signing_input: str, signature: str) -> str:
@@ -172,9 +177,7 @@ def split(
         raise TokenRefused(f"JWS algorithm {alg[:20]!r} is not allowed")
     exp = claims.get("exp")
     if exp is not None:
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
-            raise TokenRefused("JWS exp claim is not a number")
-        if isinstance(exp, float) and not math.isfinite(exp):
+        if not is_json_number(exp):
             raise TokenRefused("JWS exp claim is not a number")
         # Compared, not added: an int exp beyond float range (valid JSON) must not raise OverflowError.
         if exp <= now - leeway:

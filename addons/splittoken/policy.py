@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import jws
+from .errors import TooLarge, Unparseable
 
 # RFC 6750 §2.1: b64token. Handles are base64url; anything else is a malformed request.
 _HANDLE = re.compile(r"[A-Za-z0-9_-]+")
@@ -134,10 +135,6 @@ def read_handle(value: object) -> str | None:
 # Token endpoint bodies (requests and responses): JSON objects or form-encoded
 
 
-class Unparseable(ValueError):
-    pass
-
-
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Parsers disagree on which duplicate wins; a body that could mean two things is refused.
     obj = dict(pairs)
@@ -196,10 +193,6 @@ class TokenBody:
         return json.dumps(self.fields).encode()
 
 
-class TooLarge(ValueError):
-    pass
-
-
 # zlib window bits: 16 + 15 for a gzip wrapper, 15 for zlib (what HTTP calls "deflate").
 _ZLIB_WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
 
@@ -250,9 +243,7 @@ def readings(raw: bytes) -> Iterator[str]:
     if detected != "utf-8":
         texts.append(raw.decode(detected, "replace"))
     for text in texts:
-        yield text
-        yield _JSON_ESCAPE.sub(_unescape, text)
-        yield urllib.parse.unquote_plus(text)
+        yield from _unescaped(text)
 
 
 def holds_jws(raw: bytes) -> bool:
@@ -302,21 +293,18 @@ def _unescaped(text: str) -> Iterator[str]:
 
 def number(value: object) -> float | None:
     """A finite non-negative number from a JSON or form field (expires_in may arrive as a string)."""
-    if isinstance(value, bool):
-        return None
     if isinstance(value, str):
         try:
             value = float(value) if len(value) < 32 else None
         except ValueError:
             return None
-    if isinstance(value, int):
-        try:
-            value = float(value)  # an int beyond float range is no usable lifetime (and would raise below)
-        except OverflowError:
-            return None
-    if isinstance(value, float) and math.isfinite(value) and value >= 0:
-        return value
-    return None
+    if not jws.is_json_number(value):
+        return None
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an int beyond float range is no usable lifetime
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def expiry(now: float, *, exp: object = None, expires_in: object = None, max_ttl: float) -> float:

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .errors import SealBroken
+
 _VERSION = b"\x01"
 _HKDF_INFO = b"splittoken seal v1"
 _NONCE_BYTES = 12
@@ -29,10 +31,6 @@ _NONCE_BYTES = 12
 # rotated: a refresh handle just replaced by rotation; secret is the answer its successor got, replayed to
 #          late or concurrent refreshes within the grace period.
 RecordKind = Literal["access", "refresh", "rotated"]
-
-
-class SealBroken(ValueError):
-    """The sealed value does not open under this handle: tampered with, moved, or not ours."""
 
 
 @dataclass(frozen=True)

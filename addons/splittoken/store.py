@@ -21,9 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-
-class StoreUnavailable(Exception):
-    """The store cannot be read or written right now. The message is safe to log."""
+from .errors import StoreUnavailable
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from . import jws, policy
-from .addon import META, redact
+from .state import FlowState, redact
 
 # Registered claims holding NumericDate values (RFC 7519 §4.1, OIDC Core §2).
 TIME_CLAIMS = ("exp", "nbf", "iat", "auth_time")
@@ -78,9 +78,9 @@ class SplitTokenContentview(contentviews.Contentview):
         doc = CommentedMap()
         if record := _record(metadata):
             doc["split-token"] = _story(record, data, metadata)
-            if record.get("event") == "split":
-                doc["kept back by the proxy"] = _decoded(record["header"], record["claims"], now)
-        joined = bool(record) and record.get("event") == "joined"
+            if record.event == "split":
+                doc["kept back by the proxy"] = _decoded(record.header, record.claims, now)
+        joined = bool(record) and record.event == "joined"
         for _token, header, claims in _authorization_tokens(metadata):
             label = "Authorization, forwarded upstream" if joined else "Authorization"
             doc[_unique(doc, label)] = _decoded(header, claims, now)
@@ -110,32 +110,32 @@ class SplitTokenView:
         contentviews.add(self.view)
 
 
-def _record(metadata: contentviews.Metadata) -> dict[str, Any] | None:
+def _record(metadata: contentviews.Metadata) -> FlowState | None:
     """The addon's record of the flow, when it did something worth telling on this very message: a split
     shows on the response, whose body it rewrote; a join, a revocation or a refusal on the request."""
     flow, message = metadata.flow, metadata.http_message
     if not isinstance(flow, http.HTTPFlow) or message is None:
         return None
-    record = flow.metadata.get(META)
-    if not record:
+    record = FlowState.published(flow.metadata)
+    if record is None:
         return None
     if message is flow.response:
-        return record if record.get("event") == "split" else None
-    if message is flow.request and (record.get("refused") or record.get("event") in ("joined", "revoked")):
+        return record if record.event == "split" else None
+    if message is flow.request and (record.refused or record.event in ("joined", "revoked")):
         return record
     return None
 
 
-def _story(record: dict[str, Any], data: bytes, metadata: contentviews.Metadata) -> CommentedMap:
+def _story(record: FlowState, data: bytes, metadata: contentviews.Metadata) -> CommentedMap:
     story = CommentedMap()
-    if refused := record.get("refused"):
+    if refused := record.refused:
         story["refused"] = refused.removeprefix("refused: ")
         flow = metadata.flow
         if isinstance(flow, http.HTTPFlow) and flow.response:
             story["answered by the proxy"] = flow.response.status_code
         return story
-    story["event"] = record["event"]
-    if record["event"] == "split":
+    story["event"] = record.event
+    if record.event == "split":
         received = CommentedMap()
         try:
             fields = policy.TokenBody.parse(metadata.content_type or "", data).fields
@@ -148,8 +148,8 @@ def _story(record: dict[str, Any], data: bytes, metadata: contentviews.Metadata)
         story["client received"] = received
     else:
         for key in ("handle", "subject", "revoked_kind"):
-            if key in record:
-                story[key] = record[key]
+            if value := getattr(record, key):
+                story[key] = value
     return story
 
 

@@ -1,0 +1,77 @@
+"""Answers the proxy gives itself, and the notes it leaves on flows for mitmweb.
+
+A refusal (policy.Refusal) becomes an HTTP response here; every hook's work runs under ``guard`` so that no
+failure lets a token through: a store outage answers 503, anything unexpected answers the route's error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable
+
+from mitmproxy import http
+
+from . import policy
+from .errors import StoreUnavailable
+from .policy import Refusal
+from .routing import logged_path
+from .state import FlowState
+
+logger = logging.getLogger("splittoken")
+
+
+class Answers:
+    def __init__(self, counters: Counter[str]) -> None:
+        self.counters = counters
+
+    def answer(
+        self, flow: http.HTTPFlow, st: FlowState, response: http.Response, note: str, refused: bool = True
+    ) -> None:
+        """Answer the client from the proxy: the request goes no further."""
+        flow.request.stream = False
+        flow.response = response
+        st.answered = True
+        if refused:
+            self.counters["refusals"] += 1
+            st.refused = note
+        annotate(flow, note, refused)
+
+    def refuse(self, flow: http.HTTPFlow, st: FlowState, refusal: Refusal) -> None:
+        self.answer(flow, st, to_response(refusal), f"refused: {refusal.description}")
+        logger.info("refused %s %s: %s", flow.request.method, logged_path(flow), refusal.description)
+
+    async def guard(
+        self, flow: http.HTTPFlow, st: FlowState, work: Awaitable[None], on_error: Refusal
+    ) -> None:
+        """Run a hook's work so that no failure lets a token through, and publish what it learnt."""
+        try:
+            await work
+        except StoreUnavailable as e:
+            logger.error("token store unavailable: %s", e)
+            self.refuse(flow, st, policy.store_unavailable())
+        except Exception as e:
+            # Instead of mitmproxy's default of forwarding the flow as is. The text could hold a token: log
+            # the type only.
+            logger.error("split-token failed on %s: %s", logged_path(flow), type(e).__name__)
+            self.refuse(flow, st, on_error)
+        finally:
+            st.publish(flow.metadata)
+
+
+def annotate(flow: http.HTTPFlow, note: str, refused: bool = False) -> None:
+    flow.comment = f"split-token: {note}"
+    if refused:
+        flow.marked = ":no_entry_sign:"
+
+
+def to_response(refusal: Refusal) -> http.Response:
+    headers = {"Content-Type": "application/json", "Cache-Control": "no-store", **dict(refusal.headers)}
+    return http.Response.make(refusal.status, refusal.body(), headers)
+
+
+def token_answer(body: bytes) -> http.Response:
+    """A token response the proxy replays itself (a rotation's answer), as RFC 6749 §5.1 has it."""
+    ctype = "application/json" if body.lstrip().startswith(b"{") else "application/x-www-form-urlencoded"
+    headers = {"Content-Type": ctype, "Cache-Control": "no-store", "Pragma": "no-cache"}
+    return http.Response.make(200, body, headers)

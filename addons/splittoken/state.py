@@ -1,0 +1,58 @@
+"""What the addon knows about one flow: one typed record, and the part of it that may be shown.
+
+Flow metadata is saved with the flow and shown by mitmweb, so what is published there (``published``) holds
+no credential: handles appear redacted, refresh tokens as digests. The secrets a flow needs between its
+hooks (the refresh handle it presented, the real token the proxy put into it) stay in this process only.
+Reading the published form needs nothing of the shell, so the content view can do it from a saved flow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# The key under flow.metadata.
+META = "splittoken"
+
+Route = Literal["token", "revoke", "api"]
+Event = Literal["split", "joined", "revoked"]
+
+
+def redact(secret: str) -> str:
+    """The only form in which a handle or token may appear in logs, annotations and metadata."""
+    return f"{secret[:6]}…"
+
+
+def _secret() -> Any:
+    return field(default="", repr=False, metadata={"secret": True})
+
+
+@dataclass
+class FlowState:
+    route: Route
+    event: Event | None = None
+    handle: str = ""  # redacted
+    subject: str = ""
+    header: dict[str, Any] = field(default_factory=dict)  # of the JWT kept back, for the content view
+    claims: dict[str, Any] = field(default_factory=dict)
+    refused: str = ""  # why the proxy answered itself with an error
+    answered: bool = False  # the proxy answered: later hooks leave the flow alone
+    revoked_kind: str = ""
+    refresh_digest: str = ""  # store key of the real refresh token sent upstream
+    # Secrets: never published.
+    refresh_handle: str = _secret()  # the refresh handle this flow presented, while its refresh is in flight
+
+    def publish(self, metadata: dict[str, Any]) -> None:
+        metadata[META] = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("secret")
+        }
+
+    @classmethod
+    def published(cls, metadata: dict[str, Any]) -> FlowState | None:
+        """The state as published in a flow's metadata (a live flow or a saved one), secrets absent."""
+        record = metadata.get(META)
+        if not isinstance(record, dict) or record.get("route") not in ("token", "revoke", "api"):
+            return None
+        names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("secret")}
+        return cls(**{k: v for k, v in record.items() if k in names})

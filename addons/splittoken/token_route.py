@@ -1,0 +1,199 @@
+"""The token endpoint: refresh grants carry a refresh handle out; token responses are split on the way back.
+
+A JWS access token is split: the proxy keeps ``header.payload``, the client gets the signature as its
+handle. A refresh token, whatever its form, becomes a random refresh handle. The id_token is the client's to
+read. Anything else that could carry a token out is refused (502), and a response the proxy cannot store
+never reaches the client (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import jwt
+from mitmproxy import http
+
+from . import jws, policy
+from .answers import Answers, annotate
+from .errors import TokenRefused, TooLarge, Unparseable
+from .messages import decoded, error_code, request_body
+from .options import Settings
+from .policy import TokenBody
+from .refresh import Refreshes, refresh_expiry
+from .routing import origin
+from .seal import Record, store_key
+from .state import FlowState, redact
+from .vault import Vault, new_refresh_handle
+
+logger = logging.getLogger("splittoken")
+
+# Validators a rewritten body no longer matches.
+_STALE_HEADERS = ("ETag", "Content-MD5", "Digest", "Content-Digest")
+
+
+@dataclass
+class Issue:
+    """What one token response gives the client in place of its tokens."""
+
+    records: list[tuple[str, Record]] = field(default_factory=list)
+    subject: str = ""
+    new_refresh_handle: str | None = None
+    rewritten: bool = False
+
+
+class TokenRoute:
+    def __init__(
+        self, settings: Settings, vault: Vault, answers: Answers, counters: Counter[str],
+        refreshes: Refreshes, jwks: jwt.PyJWKClient | None,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        self.vault = vault
+        self.answers = answers
+        self.counters = counters
+        self.refreshes = refreshes
+        self.jwks = jwks
+
+    async def request(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        body = request_body(flow.request)
+        if body and body.fields.get("grant_type") == "refresh_token" and "refresh_token" in body.fields:
+            await self.refreshes.begin(flow, st, body)
+
+    async def response(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        assert flow.response
+        response = flow.response
+        if any(True for _, value in response.headers.items(multi=True) for _ in jws.find_jws(value)):
+            return self.answers.refuse(flow, st, policy.bad_gateway("a JWS in a response header"))
+        try:
+            raw = decoded(response, self.settings.max_body)
+        except TooLarge:
+            return self.answers.refuse(flow, st, policy.bad_gateway("response too large"))
+        except Unparseable as e:
+            return self.answers.refuse(flow, st, policy.bad_gateway(f"cannot decode the response: {e}"))
+        if not 200 <= response.status_code < 300:
+            return await self._error_response(flow, st, raw)
+        try:
+            body = TokenBody.parse(response.headers.get("content-type", ""), raw)
+        except Unparseable as e:
+            if policy.holds_jws(raw):
+                refusal = policy.bad_gateway(f"unparseable response holding a JWS ({e})")
+                return self.answers.refuse(flow, st, refusal)
+            return
+        try:
+            issue = await self._issue(flow, st, body)
+        except TokenRefused as e:
+            return self.answers.refuse(flow, st, policy.bad_gateway(str(e)))
+        if issue.rewritten:
+            await self._hand_out(flow, st, body, issue)
+
+    async def _error_response(self, flow: http.HTTPFlow, st: FlowState, raw: bytes) -> None:
+        """The provider's errors pass unchanged, unless they carry a token out."""
+        assert flow.response
+        if policy.holds_jws(raw):
+            return self.answers.refuse(flow, st, policy.bad_gateway("an error response holding a JWS"))
+        if (
+            st.refresh_handle
+            and flow.response.status_code == 400
+            and error_code(flow.response) == "invalid_grant"
+        ):
+            await self.refreshes.refused(flow, st)
+
+    async def _issue(self, flow: http.HTTPFlow, st: FlowState, body: TokenBody) -> Issue:
+        """Replace the tokens in ``body`` by handles; raises TokenRefused for a body that must not pass."""
+        issue = Issue()
+        now = self.vault.clock()
+        access = body.fields.get("access_token")
+        if isinstance(access, str) and jws.has_compact_shape(access):
+            await self._split_access(flow, st, body, access, issue, now)
+        self._hide_refresh(flow, st, body, issue, now)
+        # The id_token is the client's to read; anything else shaped like a JWS must not reach it, and neither
+        # may an "id_token" that is the access token itself.
+        id_token = body.fields.get("id_token")
+        allowed = id_token if isinstance(id_token, str) and id_token != access else None
+        if policy.leaked_jws(body.fields, allowed=allowed):
+            raise TokenRefused("a JWS outside access_token and id_token")
+        return issue  # not rewritten: opaque or encrypted tokens only, nothing leaks, the response passes
+
+    async def _split_access(
+        self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, access: str, issue: Issue, now: float
+    ) -> None:
+        split = jws.split(access, algorithms=self.settings.algorithms, now=now, leeway=self.vault.leeway)
+        if self.jwks:
+            await asyncio.to_thread(self._verify, access, split)
+        expires_at = policy.expiry(
+            now, exp=split.claims.get("exp"), expires_in=body.fields.get("expires_in"),
+            max_ttl=self.settings.max_ttl,
+        )  # fmt: skip
+        issue.subject = str(split.claims.get("sub", ""))[:200]
+        record = Record("access", split.signing_input, expires_at, issue.subject, origin(flow))
+        issue.records.append((split.signature, record))
+        issue.rewritten = True
+        body.fields["access_token"] = split.signature
+        st.event, st.header, st.claims = "split", dict(split.header), dict(split.claims)
+
+    def _hide_refresh(
+        self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, issue: Issue, now: float
+    ) -> None:
+        refresh = body.fields.get("refresh_token")
+        if refresh is None or refresh == "":
+            return
+        if not isinstance(refresh, str):
+            raise TokenRefused("refresh_token is not a string")
+        old_handle = st.refresh_handle
+        if old_handle and store_key(refresh) == st.refresh_digest:
+            handle = old_handle  # not rotated: the client keeps its handle
+        else:
+            handle = issue.new_refresh_handle = new_refresh_handle()
+            expires_at = refresh_expiry(body, now, self.settings.refresh_max_ttl)
+            issue.records.append(
+                (handle, Record("refresh", refresh, expires_at, issue.subject, origin(flow)))
+            )
+        body.fields["refresh_token"] = handle
+        issue.rewritten = True
+
+    async def _hand_out(self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, issue: Issue) -> None:
+        """Store the records, then give the client its handles; a store failure raises before it gets any."""
+        assert flow.response
+        client_body = body.render()
+        for handle, record in issue.records:
+            await self.vault.keep(handle, record)
+        old_handle = st.refresh_handle
+        if old_handle and issue.new_refresh_handle:
+            grace_end = self.vault.clock() + self.settings.refresh_grace
+            replay = Record("rotated", client_body.decode(), grace_end, issue.subject, origin(flow))
+            await self.refreshes.retire(old_handle, replay, self.settings.refresh_grace)
+        response = flow.response
+        response.content = client_body
+        for stale in _STALE_HEADERS:
+            response.headers.pop(stale, None)
+        response.headers["Cache-Control"] = "no-store"  # RFC 6749 §5.1
+        response.headers["Pragma"] = "no-cache"
+        self.counters["splits"] += 1
+        self._note(flow, st, body, issue)
+
+    def _note(self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, issue: Issue) -> None:
+        handle = str(body.fields.get("access_token", ""))
+        st.handle = redact(handle)
+        note = f"issued handle {redact(handle)}" + (f", sub={issue.subject}" if issue.subject else "")
+        if issue.records and issue.records[0][1].kind == "access":
+            note += time.strftime(", expires %H:%M:%SZ", time.gmtime(issue.records[0][1].expires_at))
+        annotate(flow, note)
+        logger.info(
+            "split token response: issued %d handle(s), access %s", len(issue.records), redact(handle)
+        )
+
+    def _verify(self, token: str, split: jws.SplitJWS) -> None:
+        assert self.jwks
+        try:
+            key = self.jwks.get_signing_key_from_jwt(token)
+            jwt.decode(
+                token, key.key, algorithms=[str(split.header["alg"])],
+                options={"verify_aud": False, "verify_iss": False}, leeway=self.settings.leeway,
+            )  # fmt: skip
+        except jwt.PyJWKClientError as e:
+            raise TokenRefused(f"cannot fetch the JWKS to verify the token: {type(e).__name__}") from None
+        except jwt.PyJWTError as e:
+            raise TokenRefused(f"signature verification failed: {type(e).__name__}") from None

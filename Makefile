@@ -5,17 +5,24 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # Debian packages the tests and benchmarks drive for real.
-SYSTEM_PACKAGES := redis-server chromium chromium-driver wrk
-SYSTEM_COMMANDS := redis-server chromium chromedriver wrk
+SYSTEM_PACKAGES := redis-server redis-tools chromium chromium-driver wrk
+SYSTEM_COMMANDS := redis-server redis-cli chromium chromedriver wrk
+# panva's oidc-provider: the second, real authorization server of the end-to-end tests (Node.js >= 20, npm).
+OIDC_PROVIDER := scripts/oidc_provider
+OIDC_STAMP    := $(OIDC_PROVIDER)/node_modules/.installed-stamp
 
 .PHONY: install install-system run web demo test fuzz bench lint clean
 
-install: $(STAMP)
+install: $(STAMP) $(OIDC_STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || { py=$$(PYTHON="$(PYTHON)" sh scripts/find_python.sh) && "$$py" -m venv $(VENV); }
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $(STAMP)
+
+$(OIDC_STAMP): $(OIDC_PROVIDER)/package.json $(OIDC_PROVIDER)/package-lock.json
+	npm ci --prefix $(OIDC_PROVIDER) --no-audit --no-fund --loglevel=error
+	@touch $@
 
 # Installs the Debian packages that are missing (needs root, as on CI); does nothing when all are there.
 install-system:
@@ -49,4 +56,4 @@ lint: install
 	$(PY) -m ruff check addons tests scripts
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis $(OIDC_PROVIDER)/node_modules tests/spa/node_modules

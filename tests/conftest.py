@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from hooks import HookDriver, driven_addon
+from oidc_fixtures import oidc_provider  # noqa: F401  (a fixture, used by name)
 from procs import ManagedProcess
 from redis_server import RedisServer
 from stack import start_api, start_idp

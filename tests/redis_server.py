@@ -2,7 +2,7 @@
 
 ``stop()`` then ``start()`` brings it back on the same port and directory, so a test can cause an outage and
 watch the recovery; with ``appendonly=True`` the data survives that. ``pause()`` freezes it (SIGSTOP): a Redis
-that accepts connections and never answers.
+that accepts connections and never answers. ``kill()`` is a crash (SIGKILL): nothing is flushed.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,7 +23,15 @@ _READY_TIMEOUT = 15.0
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *, appendonly: bool = False, password: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """``extra_args`` are more redis-server options, e.g. ``["--replicaof", "127.0.0.1", "6379"]``."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -46,6 +55,7 @@ class RedisServer:
         ]  # fmt: skip
         if password is not None:
             self._args += ["--requirepass", password]
+        self._args += extra_args
         self._process: ManagedProcess | None = None
 
     @property
@@ -87,6 +97,13 @@ class RedisServer:
         if self._process.proc.poll() is None:
             self.resume()  # a paused server would hold SIGTERM until the SIGKILL after a grace period
         self._process.stop()
+        self._process = None
+
+    def kill(self) -> None:
+        """Crash it: SIGKILL, so it neither flushes nor says goodbye to replicas or clients."""
+        process = self._running()
+        os.kill(process.pid, signal.SIGKILL)
+        process.stop()  # reaps it and collects its output
         self._process = None
 
     def pause(self) -> None:

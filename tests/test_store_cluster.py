@@ -1,0 +1,243 @@
+"""RedisStore on Redis Cluster, against a real three-master cluster made by ``redis-cli --cluster create``.
+
+- records and leases spread over the slots of all three masters, and stats count them across masters;
+- a master killed (SIGKILL) or frozen (SIGSTOP) makes the calls for its slots fail fast with StoreUnavailable,
+  never None, while the other masters go on answering; restarted, it serves its records again to the same
+  store object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from procs import free_port
+from redis_topologies import ClusterTopology, started, wait_until
+from splittoken.store import RedisStore, StoreStats, StoreUnavailable, open_store, redact_redis_url
+
+PASSWORD = "s3cret/p@ss:word"  # characters that need percent-encoding in a URL
+TIMEOUT = 0.5  # store timeout: short, so that calls to a dead master cost little test time
+CALL_BOUND = 2 * TIMEOUT + 0.5  # loose: "bounded", not "how fast"
+
+
+def far() -> float:
+    return time.time() + 600
+
+
+def key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def bounded[T](call: Callable[[], T]) -> T:
+    """``call()``, asserting that it returned or raised within CALL_BOUND."""
+    started_at = time.monotonic()
+    try:
+        return call()
+    finally:
+        took = time.monotonic() - started_at
+        assert took < CALL_BOUND, f"a store call took {took:.2f}s"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
+    yield from started(ClusterTopology(tmp_path_factory.mktemp("cluster"), password=PASSWORD))
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path) -> Iterator[ClusterTopology]:
+    """A cluster of its own, for a test that breaks a master."""
+    yield from started(ClusterTopology(tmp_path, password=PASSWORD))
+
+
+def test_records_and_leases_spread_over_every_master(cluster: ClusterTopology) -> None:
+    store = RedisStore(cluster.url, timeout=TIMEOUT)
+    names = [key(f"handle-{i}") for i in range(60)]
+    for name in names:
+        store.put(name, b"v", far())
+    for i in range(30):
+        assert store.lease(f"refresh-{i}", "holder", 30) is True
+    held = [cluster.keys_on(node) for node in cluster.nodes]  # what each master holds, by its own account
+    records = {RedisStore.PREFIX.encode() + name.encode() for name in names}
+    leases = {RedisStore.LEASE_PREFIX.encode() + f"refresh-{i}".encode() for i in range(30)}
+    for keys in held:
+        assert keys & records, "a master holds no record"
+        assert keys & leases, "a master holds no lease"
+    assert set().union(*held) == records | leases
+    assert store.stats() == StoreStats(records=60, expired=0)  # counted over all masters, leases apart
+    for i in range(30):
+        assert store.release(f"refresh-{i}", "holder") is True
+    for name in names:
+        assert store.delete(name) is True
+    assert store.stats() == StoreStats(records=0, expired=0)
+    store.close()
+
+
+def record_calls(store: RedisStore, name: str) -> list[Callable[[], object]]:
+    return [
+        lambda: store.get(name),
+        lambda: store.put(name, b"w", far()),
+        lambda: store.add(name, b"w", far()),
+        lambda: store.delete(name),
+    ]
+
+
+def lease_calls(store: RedisStore, name: str) -> list[Callable[[], object]]:
+    return [lambda: store.lease(name, "holder", 30), lambda: store.release(name, "holder")]
+
+
+def test_a_killed_master_fails_its_own_slots_only(fresh_cluster: ClusterTopology) -> None:
+    cluster = fresh_cluster
+    store = RedisStore(cluster.url, timeout=TIMEOUT)
+    names = [key(f"handle-{i}") for i in range(30)]
+    for name in names:
+        store.put(name, b"v", far())
+    victim = cluster.nodes[0]
+    # A record and a lease of one name hash apart (each key by its whole name): placed one by one.
+    records_on_victim = {name for name in names if cluster.node_for(RedisStore.PREFIX + name) is victim}
+    leases_on_victim = {name for name in names if cluster.node_for(RedisStore.LEASE_PREFIX + name) is victim}
+    assert 0 < len(records_on_victim) < len(names) and 0 < len(leases_on_victim) < len(names)
+
+    def only_the_victim_fails() -> None:
+        for name in names:
+            if name in records_on_victim:
+                for call in record_calls(store, name):
+                    with pytest.raises(StoreUnavailable):
+                        bounded(call)
+            else:
+                assert bounded(lambda: store.get(name)) == b"v"  # noqa: B023 (called at once)
+            if name in leases_on_victim:
+                for call in lease_calls(store, name):
+                    with pytest.raises(StoreUnavailable):
+                        bounded(call)
+            else:
+                assert all(bounded(call) is True for call in lease_calls(store, name))
+
+    victim.kill()
+    only_the_victim_fails()  # at once: its connections are refused
+    cluster.wait_until_failed(victim)
+    only_the_victim_fails()  # the others have marked it failed: its slots are not served
+
+    # Back with its append-only file: the same store object reads its records again.
+    victim.start()
+    for node in cluster.nodes:
+        cluster.wait_until_served(node)
+    wait_until("the restarted master's records read back", lambda: all_read(store, records_on_victim))
+    store.close()
+
+
+def all_read(store: RedisStore, names: Iterable[str]) -> bool:
+    try:
+        return all(store.get(name) == b"v" for name in names)
+    except StoreUnavailable:
+        return False
+
+
+def test_a_frozen_master_does_not_slow_the_others(fresh_cluster: ClusterTopology) -> None:
+    cluster = fresh_cluster
+    store = RedisStore(cluster.url, timeout=TIMEOUT)
+    names = [key(f"handle-{i}") for i in range(30)]
+    for name in names:
+        store.put(name, b"v", far())
+    victim = cluster.nodes[1]
+    on_victim = [name for name in names if cluster.node_for(RedisStore.PREFIX + name) is victim]
+    elsewhere = [name for name in names if name not in on_victim]
+    victim.pause()  # accepts connections, never answers
+    try:
+        for name in on_victim[:3]:
+            with pytest.raises(StoreUnavailable):
+                bounded(lambda: store.get(name))  # noqa: B023 (called at once)
+            # Right after a timeout on the frozen master, the others answer at once: the store fails fast
+            # for the frozen master's slots only.
+            assert all(bounded(lambda: store.get(other)) == b"v" for other in elsewhere)  # noqa: B023
+    finally:
+        victim.resume()
+    cluster.wait_until_served(victim)
+    wait_until("the thawed master's records read back", lambda: all_read(store, on_victim))
+    store.close()
+
+
+def test_the_store_opens_while_no_node_answers() -> None:
+    hosts = ",".join(f"127.0.0.1:{free_port()}" for _ in range(3))
+    store = RedisStore(f"redis+cluster://:{quote(PASSWORD, safe='')}@{hosts}", timeout=TIMEOUT)
+    for call in (*record_calls(store, key("a")), *lease_calls(store, key("a")), store.stats):
+        with pytest.raises(StoreUnavailable) as raised:
+            bounded(call)
+        assert "s3cret" not in str(raised.value)
+    store.close()
+
+
+def test_the_store_opens_before_the_cluster_and_then_uses_it(tmp_path: Path) -> None:
+    topology = ClusterTopology(tmp_path, password=PASSWORD)
+    store = RedisStore(topology.url, timeout=TIMEOUT)  # the proxy starts first
+    with pytest.raises(StoreUnavailable, match="Redis Cluster cannot be connected"):
+        bounded(lambda: store.get(key("a")))
+    topology.start()
+    try:
+        wait_until("the store reaches the new cluster", lambda: put_succeeds(store, key("a")))
+        assert store.get(key("a")) == b"v"
+    finally:
+        topology.stop()
+        store.close()
+
+
+def put_succeeds(store: RedisStore, name: str) -> bool:
+    try:
+        store.put(name, b"v", far())
+    except StoreUnavailable:
+        return False
+    return True
+
+
+def test_rediss_speaks_tls_to_the_nodes(cluster: ClusterTopology) -> None:
+    # These nodes speak plain TCP: a TLS client cannot read the slot map from them.
+    store = RedisStore(cluster.url.replace("redis+cluster://", "rediss+cluster://"), timeout=TIMEOUT)
+    with pytest.raises(StoreUnavailable, match="Redis Cluster cannot be connected"):
+        store.get(key("a"))
+    store.close()
+
+
+# --- URLs ---
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://:hunter2@",
+        "redis+cluster://:hunter2@127.0.0.1:6379,",
+        "redis+cluster://:hunter2@127.0.0.1:notaport",
+        "redis+cluster://:hunter2@127.0.0.1:6379,127.0.0.1:99999",
+        "redis+cluster://:hunter2@127.0.0.1:6379/0",
+        "redis+cluster://:hunter2@127.0.0.1:6379/1",
+        "redis+cluster://:hunter2@127.0.0.1:6379?db=1",
+        "redis+cluster://:hunter2@127.0.0.1:6379?no_such_option=1",
+        "redis+cluster://:hunter2/x@127.0.0.1:6379",  # a raw / in the password
+        "rediss+clutser://:hunter2@127.0.0.1:6379",
+    ],
+)
+def test_a_malformed_url_is_a_value_error_without_the_password(url: str) -> None:
+    with pytest.raises(ValueError, match="invalid Redis URL") as raised:
+        RedisStore(url)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_cluster_writes_are_not_waited_for() -> None:
+    with pytest.raises(ValueError, match="Redis Cluster writes are not waited for"):
+        RedisStore("redis+cluster://127.0.0.1:6379", min_replicas=1)
+
+
+def test_redact_a_cluster_url() -> None:
+    assert redact_redis_url("rediss+cluster://user:p@w@h1:1,h2:2") == "rediss+cluster://user:***@h1:1,h2:2"
+
+
+def test_open_store_takes_cluster_urls() -> None:
+    for scheme in ("redis+cluster", "rediss+cluster"):
+        store = open_store(f"{scheme}://:pw@127.0.0.1:1,127.0.0.1:2")  # never connects
+        assert isinstance(store, RedisStore)
+        assert store.blocking is True
+        assert repr(store) == f"RedisStore('{scheme}://:***@127.0.0.1:1,127.0.0.1:2')"
+        store.close()

@@ -1,4 +1,5 @@
-"""What the demo identity provider and the echo API share: the HTTP server, request bodies, and start-up.
+"""What the demo identity provider and the echo API share: the HTTP server, request bodies, CORS for the
+demos' web pages, and start-up.
 
 Standard library only (no mitmproxy): these stand in for servers the proxy sits in front of.
 """
@@ -7,10 +8,15 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Sequence
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 MAX_BODY = 16 * 1024 * 1024
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+ANY_METHOD = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class DemoServer(ThreadingHTTPServer):
@@ -36,6 +42,20 @@ class QuietHandler(BaseHTTPRequestHandler):
         if getattr(self.server, "verbose", False):  # quiet by default: tests read our output
             super().log_message(*args)
 
+    def cors_methods(self) -> Sequence[str]:
+        """The methods a page on a loopback origin may use on this request's path; empty: no CORS. Any by
+        default: the echo API shows what it got to anyone. Subclasses narrow it per path."""
+        return ANY_METHOD
+
+    def end_headers(self) -> None:
+        # Here rather than in each answer, so that every answer (errors included) is readable by the page.
+        # http.server may refuse a request line before it has read any headers: no CORS then.
+        request = getattr(self, "headers", None)
+        if request is not None and (methods := self.cors_methods()):
+            for name, value in cors_headers(request, methods).items():
+                self.send_header(name, value)
+        super().end_headers()
+
 
 def read_body(handler: BaseHTTPRequestHandler) -> bytes:
     """The request body, framed by Content-Length or chunked transfer-encoding."""
@@ -57,6 +77,39 @@ def read_body(handler: BaseHTTPRequestHandler) -> bytes:
     if not 0 <= length <= MAX_BODY:
         raise ValueError("bad Content-Length")
     return handler.rfile.read(length)
+
+
+def loopback_origin(url: str) -> str | None:
+    """The web origin (``http://host:port``) of an http URL on a loopback host, any port, or None. That is
+    where the demos' pages run (RFC 8252 §7.3 loopback redirects)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when it is not a port number
+    except ValueError:
+        return None
+    if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or parts.username is not None:
+        return None
+    return f"http://{parts.netloc}" if port != 0 else None
+
+
+def cors_headers(request: Message, methods: Sequence[str]) -> dict[str, str]:
+    """The CORS answer headers (Fetch standard) that let a page on a loopback origin read the answer,
+    with a preflight's too when the request is one; none for any other origin or without an Origin."""
+    origin = request.get("Origin", "")
+    if loopback_origin(origin) != origin:
+        return {}
+    headers = {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": "WWW-Authenticate",
+        "Vary": "Origin",
+    }
+    if request.get("Access-Control-Request-Method"):
+        headers |= {
+            "Access-Control-Allow-Methods": ", ".join(methods),
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, DPoP",
+            "Access-Control-Max-Age": "600",
+        }
+    return headers
 
 
 def serve(server: DemoServer, name: str, host: str) -> int:

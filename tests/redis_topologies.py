@@ -8,11 +8,13 @@ sentinel, a ManagedProcess) and is stopped by its own PID.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 import redis
@@ -20,6 +22,8 @@ from redis.crc import key_slot
 
 from procs import ManagedProcess, free_port
 from redis_server import RedisServer
+
+T = TypeVar("T")
 
 SERVICE = "splittoken"  # the name the sentinels monitor the master under
 _SETTLE_TIMEOUT = 30.0  # how long a topology may take to form, or a failover to show
@@ -298,3 +302,29 @@ def started[T: (SentinelTopology, ClusterTopology)](topology: T) -> Iterator[T]:
         yield topology
     finally:
         topology.stop()
+
+
+# Helpers of the topology tests.
+
+
+def far() -> float:
+    return time.time() + 600
+
+
+def key(name: str) -> str:
+    """A record key as the vault makes them: SHA-256 hex."""
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def bounded_by(limit: float) -> Callable[[Callable[[], T]], T]:
+    """A caller of store calls that asserts each returned or raised within ``limit`` seconds."""
+
+    def bounded(call: Callable[[], T]) -> T:
+        started_at = time.monotonic()
+        try:
+            return call()
+        finally:
+            took = time.monotonic() - started_at
+            assert took < limit, f"a store call took {took:.2f}s"
+
+    return bounded

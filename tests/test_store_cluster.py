@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -17,30 +15,13 @@ from urllib.parse import quote
 import pytest
 
 from procs import free_port
-from redis_topologies import ClusterTopology, started, wait_until
+from redis_topologies import ClusterTopology, bounded_by, far, key, started, wait_until
 from splittoken.store import RedisStore, StoreStats, StoreUnavailable, open_store, redact_redis_url
 
 PASSWORD = "s3cret/p@ss:word"  # characters that need percent-encoding in a URL
 TIMEOUT = 0.5  # store timeout: short, so that calls to a dead master cost little test time
 CALL_BOUND = 2 * TIMEOUT + 0.5  # loose: "bounded", not "how fast"
-
-
-def far() -> float:
-    return time.time() + 600
-
-
-def key(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()
-
-
-def bounded[T](call: Callable[[], T]) -> T:
-    """``call()``, asserting that it returned or raised within CALL_BOUND."""
-    started_at = time.monotonic()
-    try:
-        return call()
-    finally:
-        took = time.monotonic() - started_at
-        assert took < CALL_BOUND, f"a store call took {took:.2f}s"
+bounded = bounded_by(CALL_BOUND)
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +222,4 @@ def test_open_store_takes_cluster_urls() -> None:
         assert store.blocking is True
         assert repr(store) == f"RedisStore('{scheme}://:***@127.0.0.1:1,127.0.0.1:2')"
         store.close()
+

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import time
@@ -20,31 +19,14 @@ import pytest
 
 from procs import free_port
 from redis_server import RedisServer
-from redis_topologies import SERVICE, SentinelTopology, started, wait_until
+from redis_topologies import SERVICE, SentinelTopology, bounded_by, far, key, started, wait_until
 from splittoken.store import RedisStore, StoreUnavailable, open_store, redact_redis_url
 
 PASSWORD = "s3cret/p@ss:word"  # characters that need percent-encoding in a URL
 TIMEOUT = 0.5  # store timeout: short, so that calls during a failover cost little test time
 CALL_BOUND = 2 * TIMEOUT + 0.5  # loose: "bounded", not "how fast"
+bounded = bounded_by(CALL_BOUND)
 FAILOVER_BOUND = 30.0  # the issue's bound: the store follows the new master without a restart within 30 s
-
-
-def far() -> float:
-    return time.time() + 600
-
-
-def key(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()
-
-
-def bounded[T](call: Callable[[], T]) -> T:
-    """``call()``, asserting that it returned or raised within CALL_BOUND."""
-    started_at = time.monotonic()
-    try:
-        return call()
-    finally:
-        took = time.monotonic() - started_at
-        assert took < CALL_BOUND, f"a store call took {took:.2f}s"
 
 
 def on_server(topology: SentinelTopology, server: RedisServer, name: str) -> bytes | None:
@@ -308,3 +290,4 @@ def test_open_store_takes_sentinel_urls() -> None:
         store.close()
     with pytest.raises(ValueError, match="min_replicas must be 0 or more"):
         open_store("redis+sentinel://127.0.0.1:1/mymaster", min_replicas=-1)
+

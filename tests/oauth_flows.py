@@ -73,7 +73,7 @@ def form_response(fields: dict[str, Any], status: int = 200) -> http.Response:
 
 
 def token_flow(
-    body: bytes = b"grant_type=password&username=alice&password=pw",
+    body: bytes = b"grant_type=password&username=alice&password=pw&client_id=demo",
     ctype: str = "application/x-www-form-urlencoded",
     url: str = f"{IDP}/token",
     mode: str | None = None,
@@ -92,7 +92,7 @@ def refresh_flow(handle: str, *, json_body: bool = False, url: str = f"{IDP}/tok
 
 
 def revoke_flow(token: str, hint: str | None = None, url: str = f"{IDP}/revoke") -> http.HTTPFlow:
-    fields = {"token": token, **({"token_type_hint": hint} if hint else {})}
+    fields = {"token": token, "client_id": "demo", **({"token_type_hint": hint} if hint else {})}
     body = urllib.parse.urlencode(fields).encode()
     return flow_for("POST", url, body, {"Content-Type": "application/x-www-form-urlencoded"})
 

@@ -104,7 +104,8 @@ def unsigned() -> str:
 
 def fetch(proxy: Proxy, canned: CannedServer, status: int, body: bytes, **headers: str) -> requests.Response:
     canned.answer = (status, headers, body)
-    return requests.post(proxy.idp_url + TOKEN_PATH, data={"grant_type": "client_credentials"}, timeout=15)
+    grant = {"grant_type": "client_credentials", "client_id": "c"}  # a client identifies itself
+    return requests.post(proxy.idp_url + TOKEN_PATH, data=grant, timeout=15)
 
 
 def assert_no_leak(response: requests.Response) -> None:
@@ -189,7 +190,6 @@ def test_algorithms_outside_the_allowlist_are_refused(
 PASSED = {
     "opaque access token": as_json(access_token="2YotnFZFEjr1zCsicMWpAA", token_type="Bearer"),
     "5-part JWE": as_json(access_token=b64(b'{"alg":"RSA-OAEP","enc":"A256GCM"}') + ".a.b.c.d"),
-    "not JSON, no JWT": b"<html>maintenance</html>",
     "empty body": b"",
 }
 
@@ -199,6 +199,13 @@ def test_responses_without_a_jws_pass_unchanged(proxy: Proxy, canned: CannedServ
     response = fetch(proxy, canned, 200, body)
     assert response.status_code == 200
     assert response.content == body
+
+
+def test_an_unreadable_token_answer_is_refused(proxy: Proxy, canned: CannedServer) -> None:
+    """A 2xx token answer the proxy cannot read is not passed on: a client may read more into it."""
+    response = fetch(proxy, canned, 200, b"<html>maintenance</html>")
+    assert response.status_code == 502
+    assert response.json()["error"] == "server_error"
 
 
 def test_id_token_passes_and_provider_headers_are_kept(proxy: Proxy, canned: CannedServer) -> None:

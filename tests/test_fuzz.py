@@ -270,7 +270,7 @@ async def _issue(proxy: Proxy, access: str, refresh: str | None = None) -> dict[
     fields = {"access_token": access, "token_type": "Bearer", "expires_in": 300}
     if refresh:
         fields["refresh_token"] = refresh
-    flow = _post(f"{IDP}/token", b"grant_type=password", "application/x-www-form-urlencoded")
+    flow = _post(f"{IDP}/token", b"grant_type=password&client_id=c", "application/x-www-form-urlencoded")
     assert await proxy.request(flow)
     upstream = http.Response.make(200, json.dumps(fields).encode(), {"Content-Type": "application/json"})
     answer = await proxy.respond(flow, upstream)
@@ -289,7 +289,8 @@ async def test_no_jws_but_the_id_token_reaches_the_client(
 ) -> None:
     raw, ctype, gzipped = response
     flow = _post(
-        f"{IDP}/token", b"grant_type=password&username=u&password=p", "application/x-www-form-urlencoded"
+        f"{IDP}/token", b"grant_type=password&username=u&password=p&client_id=c",
+        "application/x-www-form-urlencoded",
     )
     assert await proxy.request(flow)  # a password grant always goes upstream
     headers = {"Content-Type": ctype} if ctype else {}
@@ -446,7 +447,8 @@ async def test_refresh_and_revoke_swap_only_the_exact_handle(proxy: Proxy, data:
         st.dictionaries(st.sampled_from(["client_id", "scope", "token_type_hint"]), st.text(max_size=8))
     )
     fields = {"grant_type": "refresh_token"} if route == "token" else {}
-    fields.update({field: presented, **extra})
+    # A client that identifies itself: without one, the request is no token request but an API call.
+    fields.update({field: presented, "client_id": "c", **extra})
     if data.draw(st.booleans()):
         body, ctype = json.dumps(fields).encode(), "application/json"
     else:

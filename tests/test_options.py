@@ -69,8 +69,8 @@ async def test_bad_options_raise(proxy: Proxy, options: dict[str, Any]) -> None:
 def test_token_filter_ignores_token_in_the_query(proxy: Proxy) -> None:
     settings = proxy.addon.settings
     assert settings
-    assert routing.classify(token_flow(url=f"{IDP}/login?next=/token"), settings) is None
-    assert routing.classify(token_flow(url=f"{IDP}/token?x=1"), settings) == "token"
+    assert routing.classify(token_flow(url=f"{IDP}/login?next=/token"), settings).route is None
+    assert routing.classify(token_flow(url=f"{IDP}/token?x=1"), settings).route == "token"
 
 
 def test_changing_the_leeway_keeps_the_open_store(proxy: Proxy) -> None:

@@ -357,7 +357,7 @@ def test_leaked_jws() -> None:
 )
 def test_leaked_jws_sees_through_escapes_inside_a_value(template: str) -> None:
     value = template.replace("{jwt}", JWT).replace("{rest}", JWT[1:])
-    assert not list(policy.jws.find_jws(value))  # hidden from a plain scan...
+    assert JWT not in list(policy.jws.find_jws(value))  # the token itself is hidden from a plain scan...
     assert policy.leaked_jws({"note": value}, allowed=None)  # ...not from leaked_jws
     assert not policy.leaked_jws({"note": value.replace(JWT[1:], "opaque")}, allowed=None)
 

@@ -46,7 +46,7 @@ async def test_revoke_refresh_handle(proxy: Proxy) -> None:
     flow = revoke_flow(handle, "refresh_token")
     assert await proxy.request(flow)
     sent = dict(urllib.parse.parse_qsl(flow.request.get_text() or ""))
-    assert sent == {"token": fields["refresh_token"], "token_type_hint": "refresh_token"}
+    assert sent == {"token": fields["refresh_token"], "token_type_hint": "refresh_token", "client_id": "demo"}
     await proxy.respond(flow, http.Response.make(200, b""))
     again = refresh_flow(handle)
     await assert_refused(proxy, again, 400, "invalid_grant")

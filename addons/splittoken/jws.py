@@ -88,12 +88,27 @@ def _b64_starts_json_object(segment: str) -> bool:
 def _b64_json_object(segment: str) -> bool:
     """Whether a base64url segment decodes to a whole JSON object (stricter than opening one)."""
     raw = _b64decode_lenient(segment)
-    if raw is None or not raw.lstrip(_JSON_LEADING).startswith(b"{"):
+    if raw is None:
+        return False
+    bare = raw.strip(_JSON_LEADING)
+    if not (bare.startswith(b"{") and bare.endswith(b"}")):  # a quick "no" before parsing
         return False
     try:
         return isinstance(json.loads(raw), dict)
     except (ValueError, RecursionError):
         return False
+
+
+_OPENS_MEMBER = re.compile(rb'\{[\s\x00]*"')
+
+
+def _b64_readable(segment: str) -> bool:
+    """Whether a segment decodes to a JSON object, or to the start of one with a member (a claim set cut
+    short): either way a reader learns claims from it."""
+    if _b64_json_object(segment):
+        return True
+    raw = _b64decode_lenient(segment)
+    return raw is not None and _OPENS_MEMBER.match(raw.lstrip(_JSON_LEADING)[:16]) is not None
 
 
 def has_compact_shape(value: str) -> bool:
@@ -118,11 +133,12 @@ def find_jws(text: str) -> Iterator[str]:
     """Yield every compact JWS hidden anywhere in ``text`` (linear time).
 
     A 5-part JWE is encrypted and so not leaky; any other run that holds two consecutive segments opening
-    JSON objects followed by a third is treated as a JWS, so that prefixes or suffixes cannot smuggle one out.
+    JSON objects followed by a third is treated as a JWS, so that prefixes or suffixes cannot smuggle one out;
+    a dotted run any of whose segments is a whole base64url JSON object is readable and found too.
     """
     for run in _TOKEN_RUN.finditer(text):
         segments = run.group().split(".")
-        if len(segments) < 3:
+        if len(segments) < 2:
             continue
         if len(segments) == 5 and _is_jwe_header(segments[0]):
             # A JWE's other four parts are random bytes: a JWS framed by a JWE-like header in front and one
@@ -134,11 +150,17 @@ def find_jws(text: str) -> Iterator[str]:
         seen: dict[str, bool] = {}  # each distinct segment decoded once
         opens = [
             seen[segment] if segment in seen else seen.setdefault(segment, _b64_starts_json_object(segment))
-            for segment in segments[:-1]
+            for segment in segments
         ]
+        found = False
         for i in range(len(segments) - 2):
             if opens[i] and opens[i + 1]:
+                found = True
                 yield ".".join(segments[i : i + 3])
+        # Readable all the same: a payload behind a header that is not JSON, "header.payload" with no
+        # signature, a token cut short. Whole JSON objects only, so that dotted names stay what they are.
+        if not found and any(_b64_readable(segment) for segment in {s for s, o in seen.items() if o}):
+            yield run.group()
 
 
 def inspect(token: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -15,13 +15,17 @@ from typing import Any
 
 import jwt
 from mitmproxy import exceptions, flowfilter
+from mitmproxy.utils import human
 
 from . import jws
 from .errors import OptionInvalid
 
 # The path, not the query, must end in /token (…?next=/token is no token endpoint). ~u matches the whole URL.
 DEFAULT_TOKEN_FILTER = '~m POST & ~u "^[^?]*/token($|[?])"'
-DEFAULT_REVOKE_FILTER = '~m POST & ~u "^[^?]*/revoke($|[?])"'
+# …/revoke (Keycloak, Okta, Auth0, Google) and …/revocation (oidc-provider's /token/revocation).
+DEFAULT_REVOKE_FILTER = '~m POST & ~u "^[^?]*/(revoke|revocation)($|[?])"'
+# RFC 7662: Keycloak …/token/introspect, oidc-provider /token/introspection.
+DEFAULT_INTROSPECT_FILTER = '~m POST & ~u "^[^?]*/(introspect|introspection)($|[?])"'
 # Discovery (RFC 8414, OIDC) and key sets: Keycloak and Google .../certs, Okta and Entra .../keys, Auth0
 # /.well-known/jwks.json.
 DEFAULT_PUBLIC_FILTER = (
@@ -48,6 +52,9 @@ OPTIONS: tuple[Option, ...] = (
         """),
     Option("splittoken_revoke_filter", str, DEFAULT_REVOKE_FILTER,
            "Filter expression for RFC 7009 token revocation calls."),
+    Option("splittoken_introspect_filter", str, DEFAULT_INTROSPECT_FILTER,
+           "Filter expression for RFC 7662 introspection calls: a handle is swapped for the real token on "
+           "its way to the authorization server, and the answer comes back without any token in it."),
     Option("splittoken_public_filter", str, DEFAULT_PUBLIC_FILTER, """
         Filter expression for public requests on API routes: when they carry no Authorization, they pass
         instead of being answered 401. Default: OAuth/OIDC discovery documents and key sets, which
@@ -84,12 +91,15 @@ OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 
 NAMES = frozenset(option.name for option in OPTIONS)
+# mitmproxy's own options the settings depend on.
+MITMPROXY_NAMES = frozenset({"confdir", "stream_large_bodies"})
 
 
 @dataclass(frozen=True)
 class Settings:
     token_filter: flowfilter.TFilter | None
     revoke_filter: flowfilter.TFilter | None
+    introspect_filter: flowfilter.TFilter | None
     api_filter: flowfilter.TFilter | None  # None: every reverse-proxy request
     public_filter: flowfilter.TFilter | None
     store: str  # a directory or a Redis URL, resolved against confdir
@@ -125,6 +135,7 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
     return Settings(
         token_filter=parse_filter(values, "splittoken_token_filter"),
         revoke_filter=parse_filter(values, "splittoken_revoke_filter"),
+        introspect_filter=parse_filter(values, "splittoken_introspect_filter"),
         api_filter=parse_filter(values, "splittoken_api_filter"),
         public_filter=parse_filter(values, "splittoken_public_filter"),
         store=_store(values),
@@ -138,7 +149,7 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
         redact_api_responses=_flag(values, "splittoken_redact_api_responses"),
         allow_client_jwt=_flag(values, "splittoken_allow_client_jwt"),
         log_joins=_flag(values, "splittoken_log_joins"),
-        max_body=_count(values, "splittoken_max_body", minimum=1),
+        max_body=_max_body(values),
         warnings=warnings,
     )
 
@@ -202,6 +213,23 @@ def _algorithms(values: Mapping[str, Any]) -> frozenset[str]:
         problem = f"not JWS signature algorithms: {unknown or 'empty list'}"
         raise OptionInvalid(name, f"{problem}; choose from {', '.join(sorted(known))}")
     return frozenset(chosen)
+
+
+def _max_body(values: Mapping[str, Any]) -> int:
+    limit = _count(values, "splittoken_max_body", minimum=1)
+    # proxyserver's option: absent where that addon is not loaded (a bare test context).
+    streamed = values.get("stream_large_bodies") if isinstance(values, Mapping) else getattr(
+        values, "stream_large_bodies", None
+    )
+    # mitmproxy streams any body larger than stream_large_bodies, re-checking as it arrives, and a streamed
+    # token response would pass before the proxy could split it: no token response may be that large.
+    if streamed and (size := human.parse_size(streamed)) is not None and size < limit:
+        raise OptionInvalid(
+            "stream_large_bodies",
+            f"{streamed} would stream token responses past the split-token addon; set it to at least "
+            f"splittoken_max_body ({limit} bytes), or lower splittoken_max_body",
+        )
+    return limit
 
 
 def _jwks_url(values: Mapping[str, Any]) -> str:

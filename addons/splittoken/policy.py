@@ -155,7 +155,8 @@ class TokenBody:
         """Raises Unparseable for anything that is not a JSON object or a form."""
         ctype = content_type.split(";", 1)[0].strip().lower()
         try:
-            text = raw.decode("utf-8")
+            # utf-8-sig: clients' JSON readers skip a byte-order mark, so the proxy must read past it too.
+            text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise Unparseable("not UTF-8") from None
         if "\x00" in text:
@@ -244,6 +245,11 @@ def readings(raw: bytes) -> Iterator[str]:
         texts.append(raw.decode(detected, "replace"))
     for text in texts:
         yield from _unescaped(text)
+
+
+def text_holds_jws(text: str) -> bool:
+    """Whether a text (a header value, a field), its escapes undone, holds a compact JWS."""
+    return any(True for reading in _unescaped(text) for _ in jws.find_jws(reading))
 
 
 def holds_jws(raw: bytes) -> bool:

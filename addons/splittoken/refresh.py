@@ -15,7 +15,7 @@ from mitmproxy import http
 from . import policy
 from .answers import Answers, to_response, token_answer
 from .policy import Refusal, TokenBody
-from .routing import origin
+from .routing import issued_here
 from .seal import Record, store_key
 from .state import FlowState
 from .vault import Vault
@@ -49,7 +49,7 @@ class Refreshes:
         self._flights[handle] = asyncio.get_running_loop().create_future()
         st.refresh_handle = handle
         record = await self.vault.find(handle)
-        if record is None or record.kind == "access" or record.issuer != origin(flow):
+        if record is None or record.kind == "access" or not issued_here(record.issuer, flow):
             return answers.refuse(flow, st, policy.invalid_grant("unknown, expired or revoked refresh token"))
         if record.kind == "rotated":
             return self._replay(flow, st, record, "replayed the answer to a rotation")

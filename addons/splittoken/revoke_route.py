@@ -14,7 +14,7 @@ from mitmproxy import http
 from . import jws, policy
 from .answers import Answers, annotate
 from .messages import error_code, request_body
-from .routing import origin
+from .routing import may_revoke_here
 from .state import FlowState, redact
 from .vault import Vault
 
@@ -33,7 +33,7 @@ class RevokeRoute:
         if handle is None:
             return
         record = await self.vault.find(handle)
-        if record is None or record.issuer != origin(flow):
+        if record is None or not may_revoke_here(record.issuer, flow):
             # Not ours (an opaque token the authorization server issued, an unknown handle, or one going to
             # another server than the one that issued it): the server decides, and RFC 7009 §2.2 has it
             # answer 200 for tokens it does not know, so nothing leaks.

@@ -7,22 +7,120 @@ connection's, named as mitmproxy verified it, not the Host header.
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
+from dataclasses import dataclass
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .options import Settings
+from .policy import TokenBody
 from .state import Route
 
 
-def classify(flow: http.HTTPFlow, settings: Settings) -> Route | None:
-    if settings.revoke_filter and settings.revoke_filter(flow):
-        return "revoke"
-    if settings.token_filter and settings.token_filter(flow):
-        return "token"
-    if settings.api_filter is not None:
-        return "api" if settings.api_filter(flow) else None
-    return "api" if in_reverse_mode(flow) else None
+@dataclass(frozen=True)
+class Classified:
+    """A flow's route as its headers tell. A token or revocation endpoint is only a candidate until its body
+    shows a token request (``is_endpoint_request``); failing that it is ``fallback``: an API call, or none."""
+
+    route: Route | None
+    fallback: Route | None = None
+
+
+def classify(flow: http.HTTPFlow, settings: Settings) -> Classified:
+    """Filters are matched on the path as the server reads it (``normalised_path``), never on the raw text:
+    ``/token/``, ``/x/../token``, ``/%74oken`` or ``/token#x`` are the token endpoint to a lenient server."""
+    request = flow.request
+    raw = request.path
+    request.path = normalised_path(raw)
+    try:
+        api = settings.api_filter(flow) if settings.api_filter is not None else in_reverse_mode(flow)
+        fallback: Route | None = "api" if api else None
+        if settings.revoke_filter and settings.revoke_filter(flow):
+            return Classified("revoke", fallback)
+        if settings.introspect_filter and settings.introspect_filter(flow):
+            return Classified("introspect", fallback)
+        if settings.token_filter and settings.token_filter(flow):
+            return Classified("token", fallback)
+        return Classified(fallback)
+    finally:
+        request.path = raw
+
+
+class AuthorizationServers:
+    """Where token endpoints have answered with tokens: their origin and directory (``…/openid-connect/``).
+    Requests going there on other routes are answered as the authorization server's, whatever their path."""
+
+    def __init__(self) -> None:
+        self._homes: set[str] = set()
+
+    def learn(self, token_endpoint: str) -> None:
+        self._homes.add(token_endpoint.rpartition("/")[0] + "/")
+
+    def serve(self, flow: http.HTTPFlow) -> bool:
+        if not self._homes:
+            return False
+        here = endpoint(flow) + "/"
+        return any(here.startswith(home) for home in self._homes)
+
+
+def is_endpoint_request(route: Route, body: TokenBody | None, authorization: str) -> bool:
+    """Whether a request the filters took for a token (or revocation) request is one: a grant type (or a
+    token) and a client that identifies itself (Basic, client_id, client_assertion: RFC 6749 §3.2.1,
+    RFC 7009 §2.1). Anything else at such a path (``POST /api/v1/token`` with a handle, or with nothing) is
+    an API call, judged as one."""
+    if body is None:
+        return False
+    wanted = "grant_type" if route == "token" else "token"
+    if not isinstance(body.fields.get(wanted), str):
+        return False
+    scheme = authorization.strip().partition(" ")[0].lower()
+    # RFC 7662 §2.1: a protected resource may authenticate its introspection calls with a bearer token.
+    if scheme == "basic" or (route == "introspect" and scheme == "bearer"):
+        return True
+    return any(isinstance(body.fields.get(name), str) for name in ("client_id", "client_assertion"))
+
+
+def normalised_path(target: str) -> str:
+    """A request target's path as lenient servers route it, its query kept: no fragment, no ``;`` path
+    parameters, every percent-escape undone (some servers decode ``%2F`` before routing), dot segments
+    removed (RFC 3986 §5.2.4), empty segments and a trailing slash dropped."""
+    path, sep, query = target.partition("#")[0].partition("?")
+    segments: list[str] = []
+    for raw in path.split("/"):
+        for part in urllib.parse.unquote(raw.partition(";")[0]).split("/"):
+            if part == "..":
+                if segments:
+                    segments.pop()
+            elif part not in ("", "."):
+                segments.append(part)
+    return "/" + "/".join(segments) + (f"?{query}" if sep else "")
+
+
+def endpoint(flow: http.HTTPFlow) -> str:
+    """The endpoint a request goes to: its origin and normalised path, no query. Handles are bound to the
+    token endpoint that issued them."""
+    return origin(flow) + normalised_path(flow.request.path).partition("?")[0]
+
+
+def issued_here(issuer: str, flow: http.HTTPFlow) -> bool:
+    """Whether ``flow`` goes to the token endpoint ``issuer``, the only one its refresh handles work at."""
+    return issuer == endpoint(flow) if _has_path(issuer) else issuer == origin(flow)
+
+
+def may_revoke_here(issuer: str, flow: http.HTTPFlow) -> bool:
+    """Whether ``flow`` goes to where the token endpoint ``issuer`` revokes its tokens: the same origin and
+    the token endpoint's own directory (Keycloak …/openid-connect/revoke, Auth0 /oauth/revoke, oidc-provider
+    /token/revocation), never an API path beside it."""
+    if not _has_path(issuer):
+        return issuer == origin(flow)
+    home = issuer.rpartition("/")[0] + "/"
+    return endpoint(flow).startswith(home)
+
+
+def _has_path(issuer: str) -> bool:
+    # Records written before handles were bound to endpoints name only an origin (scheme://name:port).
+    return "/" in issuer.partition("://")[2]
 
 
 def in_reverse_mode(flow: http.HTTPFlow) -> bool:

@@ -39,12 +39,16 @@ class Record:
     secret: str
     expires_at: float  # seconds since the epoch
     subject: str = ""  # "sub" claim, for annotations and administration; sealed like the rest
-    # Origin (scheme://host:port) of the token endpoint that issued the token: a refresh or revocation
-    # carrying this handle is swapped only on its way back there, never to a host of the client's choosing.
+    # URL (origin and normalised path) of the token endpoint that issued the token: a refresh carrying this
+    # handle is swapped only on its way back there, a revocation or introspection only beside it.
     issuer: str = ""
 
     def expired(self, now: float, leeway: float = 0) -> bool:
         return self.expires_at + leeway <= now
+
+    def real_token(self, handle: str) -> str:
+        """The token the authorization server issued for ``handle`` (access: the JWT it was cut from)."""
+        return f"{self.secret}.{handle}" if self.kind == "access" else self.secret
 
 
 def store_key(handle: str) -> str:

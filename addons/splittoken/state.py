@@ -9,14 +9,15 @@ Reading the published form needs nothing of the shell, so the content view can d
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # The key under flow.metadata.
 META = "splittoken"
 
-Route = Literal["token", "revoke", "api"]
-Event = Literal["split", "joined", "revoked"]
+Route = Literal["token", "revoke", "introspect", "api"]
+Event = Literal["split", "joined", "revoked", "introspected"]
 
 
 def redact(secret: str) -> str:
@@ -31,6 +32,8 @@ def _secret() -> Any:
 @dataclass
 class FlowState:
     route: Route
+    fallback: Route | None = None  # what a token or revocation candidate is when its body says otherwise
+    authorization_server: bool = False  # goes to where a token endpoint answered: answers are judged as such
     event: Event | None = None
     handle: str = ""  # redacted
     subject: str = ""
@@ -42,6 +45,7 @@ class FlowState:
     refresh_digest: str = ""  # store key of the real refresh token sent upstream
     # Secrets: never published.
     refresh_handle: str = _secret()  # the refresh handle this flow presented, while its refresh is in flight
+    swapped_in: str = _secret()  # the real token the proxy put into this request: it must not come back
 
     def publish(self, metadata: dict[str, Any]) -> None:
         metadata[META] = {
@@ -52,7 +56,7 @@ class FlowState:
     def published(cls, metadata: dict[str, Any]) -> FlowState | None:
         """The state as published in a flow's metadata (a live flow or a saved one), secrets absent."""
         record = metadata.get(META)
-        if not isinstance(record, dict) or record.get("route") not in ("token", "revoke", "api"):
+        if not isinstance(record, dict) or record.get("route") not in typing.get_args(Route):
             return None
         names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("secret")}
         return cls(**{k: v for k, v in record.items() if k in names})

@@ -93,6 +93,8 @@ class DiskStore:
     def __init__(self, directory: str | Path, timeout: float = 1.0) -> None:
         self.directory = Path(directory)
         try:
+            # Private from the start: records are sealed, but how many and when is nobody else's business.
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             # eviction_policy "none": a full cache must never silently drop live handles; only expiry removes.
             # timeout is SQLite's busy timeout: a store locked by another process must not hang a request.
             # No mmap and a 4 MiB page cache instead of diskcache's 64 MiB map and 32 MiB cache: with a large

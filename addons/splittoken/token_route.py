@@ -24,13 +24,14 @@ from .messages import decoded, error_code, request_body
 from .options import Settings
 from .policy import TokenBody
 from .refresh import Refreshes, refresh_expiry
-from .routing import origin
+from .routing import endpoint
 from .seal import Record, store_key
 from .state import FlowState, redact
 from .vault import Vault, new_refresh_handle
 
 logger = logging.getLogger("splittoken")
 
+REFRESH_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:refresh_token"
 # Validators a rewritten body no longer matches.
 _STALE_HEADERS = ("ETag", "Content-MD5", "Digest", "Content-Digest")
 
@@ -62,10 +63,12 @@ class TokenRoute:
         if body and body.fields.get("grant_type") == "refresh_token" and "refresh_token" in body.fields:
             await self.refreshes.begin(flow, st, body)
 
-    async def response(self, flow: http.HTTPFlow, st: FlowState) -> None:
+    async def response(self, flow: http.HTTPFlow, st: FlowState, strict: bool = True) -> None:
+        """``strict``: a token endpoint's answer must be readable; other answers of the authorization server
+        (pages, userinfo) are refused only when they hold a token."""
         assert flow.response
         response = flow.response
-        if any(True for _, value in response.headers.items(multi=True) for _ in jws.find_jws(value)):
+        if any(policy.text_holds_jws(value) for _, value in response.headers.items(multi=True)):
             return self.answers.refuse(flow, st, policy.bad_gateway("a JWS in a response header"))
         try:
             raw = decoded(response, self.settings.max_body)
@@ -78,9 +81,9 @@ class TokenRoute:
         try:
             body = TokenBody.parse(response.headers.get("content-type", ""), raw)
         except Unparseable as e:
-            if policy.holds_jws(raw):
-                refusal = policy.bad_gateway(f"unparseable response holding a JWS ({e})")
-                return self.answers.refuse(flow, st, refusal)
+            if (strict and raw.strip()) or policy.holds_jws(raw):
+                # A client may read more into it than the proxy could (a body cut short, an HTML page).
+                return self.answers.refuse(flow, st, policy.bad_gateway(f"unparseable token response ({e})"))
             return
         try:
             issue = await self._issue(flow, st, body)
@@ -106,9 +109,12 @@ class TokenRoute:
         issue = Issue()
         now = self.vault.clock()
         access = body.fields.get("access_token")
-        if isinstance(access, str) and jws.has_compact_shape(access):
+        if body.fields.get("issued_token_type") == REFRESH_TOKEN_TYPE:
+            # RFC 8693 §2.2.1: a token exchange answer carries whatever it issued in access_token.
+            self._hide_refresh(flow, st, body, issue, now, "access_token")
+        elif isinstance(access, str) and jws.has_compact_shape(access):
             await self._split_access(flow, st, body, access, issue, now)
-        self._hide_refresh(flow, st, body, issue, now)
+        self._hide_refresh(flow, st, body, issue, now, "refresh_token")
         # The id_token is the client's to read; anything else shaped like a JWS must not reach it, and neither
         # may an "id_token" that is the access token itself.
         id_token = body.fields.get("id_token")
@@ -128,20 +134,21 @@ class TokenRoute:
             max_ttl=self.settings.max_ttl,
         )  # fmt: skip
         issue.subject = str(split.claims.get("sub", ""))[:200]
-        record = Record("access", split.signing_input, expires_at, issue.subject, origin(flow))
+        record = Record("access", split.signing_input, expires_at, issue.subject, endpoint(flow))
         issue.records.append((split.signature, record))
         issue.rewritten = True
         body.fields["access_token"] = split.signature
         st.event, st.header, st.claims = "split", dict(split.header), dict(split.claims)
 
     def _hide_refresh(
-        self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, issue: Issue, now: float
+        self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, issue: Issue, now: float, name: str
     ) -> None:
-        refresh = body.fields.get("refresh_token")
+        """Replace the refresh token in field ``name`` by a refresh handle, whatever its form."""
+        refresh = body.fields.get(name)
         if refresh is None or refresh == "":
             return
         if not isinstance(refresh, str):
-            raise TokenRefused("refresh_token is not a string")
+            raise TokenRefused(f"{name} is not a string")
         old_handle = st.refresh_handle
         if old_handle and store_key(refresh) == st.refresh_digest:
             handle = old_handle  # not rotated: the client keeps its handle
@@ -149,9 +156,9 @@ class TokenRoute:
             handle = issue.new_refresh_handle = new_refresh_handle()
             expires_at = refresh_expiry(body, now, self.settings.refresh_max_ttl)
             issue.records.append(
-                (handle, Record("refresh", refresh, expires_at, issue.subject, origin(flow)))
+                (handle, Record("refresh", refresh, expires_at, issue.subject, endpoint(flow)))
             )
-        body.fields["refresh_token"] = handle
+        body.fields[name] = handle
         issue.rewritten = True
 
     async def _hand_out(self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, issue: Issue) -> None:
@@ -163,7 +170,7 @@ class TokenRoute:
         old_handle = st.refresh_handle
         if old_handle and issue.new_refresh_handle:
             grace_end = self.vault.clock() + self.settings.refresh_grace
-            replay = Record("rotated", client_body.decode(), grace_end, issue.subject, origin(flow))
+            replay = Record("rotated", client_body.decode(), grace_end, issue.subject, endpoint(flow))
             await self.refreshes.retire(old_handle, replay, self.settings.refresh_grace)
         response = flow.response
         response.content = client_body

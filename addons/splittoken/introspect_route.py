@@ -1,0 +1,70 @@
+"""Introspection (RFC 7662): an API outside the proxy asks the authorization server about a handle.
+
+The handle in ``token`` is swapped for the real token on its way to the authorization server (only beside
+the token endpoint that issued it, as revocation), and the answer comes back with what the server says, but
+never with a JWS or the real token in it. A token that is no handle of ours passes unchanged: the server
+judges it, and says "inactive" for a handle it never saw (a revoked one included).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from mitmproxy import http
+
+from . import policy
+from .answers import Answers, annotate
+from .errors import SplitTokenError
+from .messages import decoded, request_body
+from .routing import may_revoke_here
+from .state import FlowState, redact
+from .vault import Vault
+
+logger = logging.getLogger("splittoken")
+
+# Introspection answers are small JSON objects.
+_ANSWER_LIMIT = 1024 * 1024
+
+
+class IntrospectRoute:
+    def __init__(self, vault: Vault, answers: Answers, counters: Counter[str]) -> None:
+        self.vault = vault
+        self.answers = answers
+        self.counters = counters
+
+    async def request(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        body = request_body(flow.request)
+        handle = policy.read_handle(body.fields.get("token")) if body else None
+        if body is None or handle is None:
+            return
+        record = await self.vault.find(handle)
+        if record is None or not may_revoke_here(record.issuer, flow):
+            return  # not ours: the server decides
+        if record.kind == "rotated":
+            # Replaced by rotation: no longer a token anyone may use, whatever the server still thinks.
+            answer = http.Response.make(200, b'{"active": false}', {"Content-Type": "application/json"})
+            note = f"introspected rotated handle {redact(handle)}"
+            return self.answers.answer(flow, st, answer, note, refused=False)
+        st.swapped_in = body.fields["token"] = record.real_token(handle)
+        if "token_type_hint" in body.fields:
+            body.fields["token_type_hint"] = f"{record.kind}_token"
+        flow.request.content = body.render()
+        self.counters["introspections"] += 1
+        st.event, st.handle, st.subject = "introspected", redact(handle), record.subject
+        annotate(flow, f"introspected {record.kind} handle {redact(handle)}")
+
+    def response(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        assert flow.response
+        if not st.swapped_in:
+            return
+        try:
+            raw = decoded(flow.response, _ANSWER_LIMIT)
+        except SplitTokenError:
+            return self.answers.refuse(flow, st, policy.bad_gateway("unreadable introspection answer"))
+        headers = [value for _, value in flow.response.headers.items(multi=True)]
+        if policy.holds_jws(raw) or any(policy.text_holds_jws(value) for value in headers):
+            return self.answers.refuse(flow, st, policy.bad_gateway("an introspection answer holding a JWS"))
+        if any(st.swapped_in in reading for reading in policy.readings(raw)):
+            refusal = policy.bad_gateway("an introspection answer quoting the token")
+            return self.answers.refuse(flow, st, refusal)

@@ -34,11 +34,12 @@ install-system:
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# ARGS: more mitmproxy options, e.g. make run ARGS="--set splittoken_max_ttl=60"
 run: install
-	$(PY) scripts/demo_stack.py
+	$(PY) scripts/demo_stack.py $(ARGS)
 
 web: install
-	$(PY) scripts/demo_stack.py --web
+	$(PY) scripts/demo_stack.py --web $(ARGS)
 
 demo: install
 	$(PY) scripts/demo.py

@@ -231,6 +231,13 @@ class Demo:
             f"Requests the echo API has received: {before} before, {after} after: "
             "[bold green]unchanged[/], the proxy answered both itself (RFC 6750) and the API never saw them."
         )
+        self.out.print(Panel(
+            "A handle hides the claims, but it is still a bearer credential: whoever steals the handle "
+            "itself can call the API through the proxy with it until it expires or is revoked. Keep TLS in "
+            "front of the proxy, access token lifetimes short, and revoke handles you suspect (RFC 7009, "
+            "splittoken.revoke).",
+            title="what a handle does not protect", title_align="left", border_style="yellow",
+        ))  # fmt: skip
 
     def api_requests(self) -> int:
         # Straight to the echo API: its counters are not behind the proxy.

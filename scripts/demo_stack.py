@@ -1,6 +1,7 @@
 """``make run`` / ``make web``: the demo stack in the foreground, with curl commands to try. Ctrl-C stops it.
 
     python scripts/demo_stack.py [--web] [--idp-port 8080] [--api-port 8081] [--web-port 8181] [--store DIR]
+        [mitmproxy options, e.g. --set splittoken_max_ttl=60]
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def main() -> int:
     parser.add_argument("--api-port", type=int, default=8081, help="proxy listener for the echo API")
     parser.add_argument("--web-port", type=int, default=8181, help="mitmweb's UI (with --web)")
     parser.add_argument("--store", default=None, help="splittoken_store (default: under ~/.mitmproxy)")
-    args = parser.parse_args()
+    # Anything else goes to mitmproxy as it is: `make run ARGS="--set splittoken_max_ttl=60"`.
+    args, mitmproxy_args = parser.parse_known_args()
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -63,6 +65,7 @@ def main() -> int:
             tool="mitmweb" if args.web else "mitmdump",
             ports=(args.idp_port, args.api_port, args.web_port),
             echo=True,
+            extra_args=mitmproxy_args,
         ) as stack:
             print(instructions(stack.proxy.idp_url, stack.proxy.api_url, stack.proxy.web_url), flush=True)
             processes = (stack.idp, stack.api, stack.proxy.process)

@@ -130,6 +130,7 @@ def demo_stack(
     idp_args: Sequence[str] = (),
     ports: Sequence[int] | None = None,
     echo: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Stack]:
     """Start the whole stack; stop every process it started on the way out, whatever happens."""
     with contextlib.ExitStack() as started:
@@ -137,7 +138,8 @@ def demo_stack(
         api = started.enter_context(start_api(echo="[api] " if echo else None))
         assert idp.url and api.url
         proxy = start_proxy(
-            idp.url, api.url, store=store, options=options, tool=tool, ports=ports, echo="" if echo else None
+            idp.url, api.url, store=store, options=options, tool=tool, ports=ports, echo="" if echo else None,
+            extra_args=extra_args,
         )
         started.callback(proxy.stop)
         yield Stack(idp, api, proxy)

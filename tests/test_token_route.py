@@ -410,9 +410,19 @@ async def test_token_route_is_never_streamed(proxy: Proxy) -> None:
     assert flow.request.stream is False
     assert flow.request.headers["Accept-Encoding"] == "identity"
     flow.response = json_response(token_fields())
+    proxy.addon.responseheaders(flow)
+    assert not flow.response.stream and flow.live
+
+
+async def test_a_token_response_mitmproxy_streams_is_cut_off(proxy: Proxy) -> None:
+    """Larger than stream_large_bodies (which configure keeps at or above splittoken_max_body): mitmproxy
+    would stream it to the client before the response hook could split it."""
+    flow = token_flow()
+    proxy.addon.requestheaders(flow)
+    flow.response = json_response(token_fields())
     flow.response.stream = True
     proxy.addon.responseheaders(flow)
-    assert flow.response.stream is False
+    assert flow.error is not None and not flow.live  # killed: the client gets no byte of it
 
 
 async def test_a_jws_in_a_token_response_header_is_refused(proxy: Proxy) -> None:

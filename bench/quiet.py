@@ -1,9 +1,9 @@
-"""Loaded by scripts/bench.py into every benchmarked mitmdump, with or without the split-token addon.
+"""Loaded by scripts/bench.py into every -q mitmdump it benchmarks, with or without the split-token addon.
 
-scripts/stack.py knows a proxy is up by its "listening at" lines, which mitmdump logs at info level, so
-`-q` or `termlog_verbosity=warn` from the start would hide them. Once the listeners are up (the running
-hook comes after them), this drops the console to warnings: per-request info lines (the addon logs each
-join) then cost no console I/O during a measurement.
+mitmdump's -q is termlog_verbosity=error and flow_detail=0. scripts/stack.py knows a proxy is up by its
+"listening at" lines, which mitmdump logs at info level, so -q from the start would hide them: the benchmark
+sets flow_detail=0 on the command line, and this sets the verbosity once the listeners are up (the running
+hook comes after them). Per-request lines (the addon's info line per join) then cost no console I/O.
 """
 
 from mitmproxy import ctx
@@ -11,7 +11,7 @@ from mitmproxy import ctx
 
 class Quiet:
     def running(self) -> None:
-        ctx.options.update(termlog_verbosity="warn", flow_detail=0)
+        ctx.options.update(termlog_verbosity="error", flow_detail=0)
 
 
 addons = [Quiet()]

@@ -37,7 +37,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from stack import CLIENT, ROOT, TOKEN_PATH, Stack, demo_stack
+from stack import CLIENT, DEMO_OPTIONS, ROOT, TOKEN_PATH, Stack, demo_stack
 
 sys.path.insert(0, str(ROOT / "addons"))
 from splittoken import jws
@@ -260,7 +260,7 @@ def main() -> int:
             tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="splittoken-demo-"))
             with console.status("starting the identity provider, the echo API and mitmdump…"):
                 stack = cleanup.enter_context(
-                    demo_stack(store=f"{tmp}/store", options={"confdir": f"{tmp}/conf"})
+                    demo_stack(store=f"{tmp}/store", options={"confdir": f"{tmp}/conf", **DEMO_OPTIONS})
                 )
             Demo(console, stack, args.pause and console.is_terminal).run()
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-from stack import CLIENT, REVOKE_PATH, TOKEN_PATH, demo_stack
+from stack import CLIENT, DEMO_OPTIONS, REVOKE_PATH, TOKEN_PATH, demo_stack
 
 
 def instructions(idp_url: str, api_url: str, web_url: str | None) -> str:
@@ -62,6 +62,9 @@ def main() -> int:
     try:
         with demo_stack(
             store=args.store,
+            # The echo API shows what it received, the whole JWT: that is the point of trying it here. (ARGS
+            # come later on the command line and win: --set splittoken_redact_api_responses=true.)
+            options=DEMO_OPTIONS,
             tool="mitmweb" if args.web else "mitmdump",
             ports=(args.idp_port, args.api_port, args.web_port),
             echo=True,

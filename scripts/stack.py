@@ -19,6 +19,9 @@ ADDON = ROOT / "addons" / "split_token.py"
 TOKEN_PATH = "/realms/demo/protocol/openid-connect/token"
 REVOKE_PATH = "/realms/demo/protocol/openid-connect/revoke"
 CLIENT = {"client_id": "demo-client", "client_secret": "demo-secret"}
+# The demos show what the echo API received, the whole JWT, which the proxy by default keeps out of the
+# API's answers (splittoken_redact_api_responses).
+DEMO_OPTIONS = {"splittoken_redact_api_responses": "false"}
 
 
 def tool_path(tool: str) -> str:

@@ -13,10 +13,16 @@ from hooks import HookDriver as Proxy
 from oauth_flows import (
     IDP,
     api_flow,
+    assert_error,
     body_of,
+    json_response,
     login,
+    refresh_flow,
+    token_fields,
+    token_flow,
 )
 from splittoken.errors import StoreUnavailable
+from splittoken.state import FlowState
 
 
 def store_down(*_: Any) -> Any:
@@ -75,3 +81,52 @@ async def test_stats_survives_a_store_outage(proxy: Proxy, monkeypatch: Any) -> 
     assert proxy.addon.vault
     monkeypatch.setattr(proxy.addon.vault.store, "stats", store_down)
     assert "store unavailable" in proxy.tctx.master.commands.call("splittoken.stats")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CORS on the proxy's own answers (issue 10, property 10)
+
+PAGE = "http://localhost:5173"
+
+
+def from_page(flow: http.HTTPFlow, origin: str = PAGE) -> http.HTTPFlow:
+    flow.request.headers["Origin"] = origin
+    return flow
+
+
+async def test_token_route_refusals_carry_the_cors_headers_the_authorization_server_grants(
+    proxy: Proxy,
+) -> None:
+    """A public client's refresh is a simple request (no preflight): what the page may read is learnt from
+    the authorization server's earlier answers to it."""
+    cors = {"Access-Control-Allow-Origin": PAGE, "Access-Control-Allow-Credentials": "true"}
+    # A login from the page, answered with the grant: learnt from every answer, whatever its route.
+    client = await proxy.exchange(from_page(token_flow()), json_response(token_fields(), headers=cors))
+    assert client.headers["Access-Control-Allow-Origin"] == PAGE  # the authorization server's own
+    flow = from_page(refresh_flow("B" * 43))
+    answer = await proxy.exchange(flow)
+    assert_error(answer, 400, "invalid_grant")
+    assert answer.headers["Access-Control-Allow-Origin"] == PAGE
+    assert answer.headers["Access-Control-Allow-Credentials"] == "true"
+    assert answer.headers["Vary"] == "Origin"
+
+
+async def test_answers_the_proxy_replays_carry_only_this_origins_grant(proxy: Proxy) -> None:
+    """A shared refresh answer is a copy of another client's: that client's CORS headers do not carry over."""
+    flow = from_page(refresh_flow("B" * 43), "http://localhost:9999")
+    st = FlowState("token")
+    cors = {"Access-Control-Allow-Origin": PAGE, "Access-Control-Allow-Credentials": "true"}
+    copied = json_response({"ok": True}, headers=cors)
+    proxy.addon.answers.answer(flow, st, copied, "shared a concurrent refresh", refused=False)
+    assert flow.response is copied
+    assert "Access-Control-Allow-Origin" not in copied.headers
+    assert "Access-Control-Allow-Credentials" not in copied.headers
+
+
+async def test_a_misconfigured_proxys_503_can_be_read_by_pages_allowed_before(proxy: Proxy) -> None:
+    proxy.configure(splittoken_cors_origins=[PAGE])
+    proxy.addon.misconfigured = "splittoken_max_ttl: must be a whole number, not 'abc'"
+    flow = from_page(api_flow("Bearer " + "A" * 43))
+    assert not await proxy.request(flow)
+    assert_error(flow.response, 503, "temporarily_unavailable")
+    assert flow.response.headers["Access-Control-Allow-Origin"] == PAGE

@@ -16,13 +16,14 @@ from oauth_flows import (
     REVERSE_API,
     REVERSE_IDP,
     api_flow,
+    assert_error,
     assert_refused,
     body_of,
     login,
     make_jwt,
     store_down,
 )
-from splittoken import api_route
+from splittoken import api_route, policy
 
 
 async def test_api_join_bearer_and_bare(proxy: Proxy) -> None:
@@ -254,3 +255,388 @@ async def test_api_responses_echoing_the_jwt_are_redacted_when_asked(proxy: Prox
     assert (answer.headers["X-Debug"] == jwt_) is not redact
     if redact:
         assert body_of(answer) == {"you sent": f"Bearer {handle}"} and answer.headers["X-Debug"] == handle
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Echoes of the JWT in the API's answers (issue 10, property 8)
+
+
+def json_escaped(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+def percent_encoded(text: str) -> str:
+    return "".join(f"%{ord(c):02X}" for c in text)
+
+
+def mixed(text: str) -> str:
+    """Each character spelled another way: as is, \\u00HH, %hh, and \\u0025hh (a JSON-escaped "%")."""
+    forms = (str, lambda c: f"\\u{ord(c):04X}", lambda c: f"%{ord(c):02x}", lambda c: f"\\u0025{ord(c):02x}")
+    return "".join(forms[i % 4](c) for i, c in enumerate(text))
+
+
+SPELLINGS = {"as is": str, "JSON-escaped": json_escaped, "percent-encoded": percent_encoded, "mixed": mixed}
+
+
+async def joined(proxy: Proxy) -> tuple[str, str, http.HTTPFlow]:
+    """The JWT, its handle, and a flow whose handle was re-joined, on its way to the API."""
+    fields, client = await login(proxy)
+    handle = body_of(client)["access_token"]
+    flow = api_flow(f"Bearer {handle}")
+    assert await proxy.request(flow)
+    assert flow.request.headers["authorization"] == f"Bearer {fields['access_token']}"
+    return fields["access_token"], handle, flow
+
+
+def assert_unreadable(raw: bytes, token: str) -> None:
+    """Neither the token nor its claims segment in ``raw``, however a client reads it."""
+    claims = token.split(".")[1]
+    assert not any(claims in reading for reading in policy.readings(raw)), "the client can read the JWT"
+
+
+@pytest.mark.parametrize("spell", SPELLINGS.values(), ids=SPELLINGS.keys())
+@pytest.mark.parametrize("status", [200, 401])
+async def test_api_answers_quoting_the_jwt_get_the_handle_by_default(
+    proxy: Proxy, spell: Any, status: int
+) -> None:
+    """With no option set, the JWT, its signing input or its claims segment, in any spelling, in a header, a
+    trailer or the body, reach the client as the handle."""
+    token, handle, flow = await joined(proxy)
+    signing_input, claims = token.rpartition(".")[0], token.split(".")[1]
+    body = json.dumps({"you sent": "TOKEN", "unsigned": "INPUT", "claims": "CLAIMS", "other": "kept"})
+    body = body.replace("TOKEN", spell(token)).replace("INPUT", spell(signing_input))
+    body = body.replace("CLAIMS", spell(claims))
+    upstream = http.Response.make(status, body, {"X-Debug": f"token={spell(token)}", "X-Other": "kept"})
+    upstream.trailers = http.Headers(x_echo=spell(token))
+    answer = await proxy.respond(flow, upstream)
+    assert json.loads(answer.content or b"") == {
+        "you sent": handle, "unsigned": handle, "claims": handle, "other": "kept",
+    }  # fmt: skip
+    assert answer.headers["X-Debug"] == f"token={handle}" and answer.headers["X-Other"] == "kept"
+    assert answer.trailers and answer.trailers["x-echo"] == handle
+    assert int(answer.headers["content-length"]) == len(answer.content or b"")
+    assert_unreadable(answer.content or b"", token)
+
+
+async def test_api_answers_without_the_jwt_are_left_as_they_are(proxy: Proxy) -> None:
+    _, _, flow = await joined(proxy)
+    raw = json.dumps({"items": ["é" * 50, "%41 \\u0041"] * 100}).encode()
+    upstream = http.Response.make(200, raw, {"Content-Type": "application/json"})
+    answer = await proxy.respond(flow, upstream)
+    assert answer.raw_content is raw  # not even copied
+
+
+async def test_compressed_api_answers_are_read_decoded(proxy: Proxy) -> None:
+    token, handle, flow = await joined(proxy)
+    upstream = http.Response.make(200, json.dumps({"echo": token}))
+    upstream.encode("gzip")
+    answer = await proxy.respond(flow, upstream)
+    assert answer.headers["content-encoding"] == "gzip"
+    assert json.loads(answer.get_content() or b"") == {"echo": handle}
+
+
+async def test_api_answers_quoting_the_jwt_beyond_rewriting_are_refused(proxy: Proxy) -> None:
+    """UTF-16, which a JSON parser detects: no byte replacement reaches it, so the answer is refused."""
+    token, _, flow = await joined(proxy)
+    upstream = http.Response.make(200, json.dumps({"echo": token}).encode("utf-16"))
+    answer = await proxy.respond(flow, upstream)
+    assert_error(answer, 502, "server_error")
+    assert token.split(".")[1] not in answer.text
+
+
+def stream_through(flow: http.HTTPFlow, body: bytes, size: int) -> bytes:
+    """What mitmproxy sends the client of a streamed body, ``size`` bytes at a time."""
+    stream = flow.response.stream if flow.response else None
+    assert callable(stream), "the streamed answer is not scanned"
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
+    sent = [piece for chunk in [*chunks, b""] for piece in stream(chunk)]
+    assert all(sent), "an empty chunk would end a chunked body early"
+    return b"".join(sent)
+
+
+def echoed_body(token: str) -> bytes:
+    """Larger than any tail the scanner holds back, with the token in several spellings and places."""
+    parts = ["a" * 9000, token, "b" * 9000, json_escaped(token), percent_encoded(token), mixed(token), "end"]
+    return " ".join(parts).encode()
+
+
+@pytest.mark.parametrize("size", [13, 4096, 65536])
+async def test_streamed_api_answers_are_scanned_chunk_by_chunk(proxy: Proxy, size: int) -> None:
+    token, handle, flow = await joined(proxy)
+    body = echoed_body(token)
+    upstream = http.Response.make(200, b"", {"Content-Length": str(len(body))})
+    upstream.stream = True  # what mitmproxy sets for a body over stream_large_bodies
+    flow.response = upstream
+    proxy.addon.responseheaders(flow)
+    # The length changes; chunked, so that a body cut short shows as such.
+    assert "content-length" not in upstream.headers and upstream.headers["transfer-encoding"] == "chunked"
+    sent = stream_through(flow, body, size)
+    assert sent == " ".join(["a" * 9000, handle, "b" * 9000, handle, handle, handle, "end"]).encode()
+    await proxy.addon.response(flow)
+    assert flow.error is None and flow.live
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+async def test_compressed_streamed_answers_are_decoded_as_they_stream(proxy: Proxy, coding: str) -> None:
+    """Compressed bytes cannot be searched: they are decoded chunk by chunk, and go on decoded."""
+    token, handle, flow = await joined(proxy)
+    body = echoed_body(token)
+    upstream = http.Response.make(200, body)
+    upstream.encode(coding)
+    compressed = upstream.raw_content or b""
+    upstream.stream = True
+    flow.response = upstream
+    proxy.addon.responseheaders(flow)
+    assert "content-encoding" not in upstream.headers
+    sent = stream_through(flow, compressed, 1000)
+    assert sent == " ".join(["a" * 9000, handle, "b" * 9000, handle, handle, handle, "end"]).encode()
+
+
+async def test_streamed_answers_in_an_unknown_coding_are_closed(proxy: Proxy) -> None:
+    _, _, flow = await joined(proxy)
+    upstream = http.Response.make(200, b"")
+    upstream.headers["Content-Encoding"] = "compress"
+    upstream.stream = True
+    flow.response = upstream
+    proxy.addon.responseheaders(flow)
+    assert flow.error is not None and not flow.live
+
+
+async def test_streamed_answers_quoting_the_jwt_beyond_rewriting_are_cut_short(proxy: Proxy) -> None:
+    token, _, flow = await joined(proxy)
+    body = json.dumps({"pad": "x" * 20000, "echo": token, "more": "y" * 20000}).encode("utf-16")
+    upstream = http.Response.make(200, b"")
+    upstream.stream = True
+    flow.response = upstream
+    proxy.addon.responseheaders(flow)
+    sent = stream_through(flow, body, 4096)
+    assert len(sent) < len(body)
+    assert token.split(".")[1].encode("utf-16-le") not in sent
+    await proxy.addon.response(flow)
+    assert flow.error is not None and not flow.live  # killed: the client sees the answer cut short
+
+
+async def test_answers_of_unknown_length_are_scanned_from_the_first_byte(proxy: Proxy) -> None:
+    """mitmproxy buffers a body of unknown length until it outgrows stream_large_bodies, then streams the rest
+    with no hook in between: with the option set, such an answer is scanned as a stream from the start."""
+    proxy.tctx.options.add_option("stream_large_bodies", str | None, None, "proxyserver's option")
+    proxy.configure(stream_large_bodies="1m")
+    token, handle, flow = await joined(proxy)
+    upstream = http.Response.make(200, b"", {"Transfer-Encoding": "chunked"})
+    flow.response = upstream
+    proxy.addon.responseheaders(flow)
+    assert stream_through(flow, echoed_body(token), 8192).count(handle.encode()) == 4
+    sized = api_flow(f"Bearer {handle}")
+    assert await proxy.request(sized)
+    sized.response = http.Response.make(200, b"{}")  # Content-Length within the limit: never streamed
+    proxy.addon.responseheaders(sized)
+    assert sized.response.stream is False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What passes without a handle (issue 10, property 8)
+
+
+PUBLIC_LOOKALIKES = {
+    "well-known under an API path": "/api/.well-known/x",
+    "keys under an API path": "/api/keys",
+    "certs under an API path": "/api/v1/certs",
+    "jwks under an API path": "/api/v1/jwks",
+    "dot segments out of a well-known path": "/realms/demo/.well-known/../../../api/secret",
+    "encoded dot segments": "/realms/demo/.well-known/%2e%2e/%2E%2E/%2e%2e/api/secret",
+    "well-known then dot-dot": "/api/secret/.well-known/..",
+    "well-known in a fragment": "/api/secret#/.well-known/openid-configuration",
+    "keys in a path parameter": "/api/secret;/keys",
+    "discovery in the query": "/api/secret?/.well-known/openid-configuration",
+}
+
+
+@pytest.mark.parametrize("target", PUBLIC_LOOKALIKES.values(), ids=PUBLIC_LOOKALIKES.keys())
+async def test_api_paths_looking_public_need_a_handle(proxy: Proxy, target: str) -> None:
+    flow = flow_for("GET", API, mode=REVERSE_API)
+    flow.request.path = target  # spelled exactly, as a client can send it
+    await assert_refused(proxy, flow, 401, None)
+
+
+async def test_a_host_header_cannot_make_a_path_public(proxy: Proxy) -> None:
+    """Filters read the Host header as part of the URL (mitmproxy's pretty_url)."""
+    flow = flow_for("GET", "http://api.example/api/secret", mode=REVERSE_API)
+    flow.request.headers["Host"] = "api.example/.well-known/openid-configuration?"
+    await assert_refused(proxy, flow, 401, None)
+
+
+PUBLIC_PATHS = {
+    "Keycloak discovery": "/realms/demo/.well-known/openid-configuration",
+    "Keycloak RFC 8414 metadata": "/realms/demo/.well-known/oauth-authorization-server",
+    "Keycloak key set": "/realms/demo/protocol/openid-connect/certs",
+    "Keycloak key set, legacy /auth": "/auth/realms/demo/protocol/openid-connect/certs",
+    "Keycloak authorization": "/realms/demo/protocol/openid-connect/auth?client_id=spa&response_type=code",
+    "Keycloak logout": "/realms/demo/protocol/openid-connect/logout",
+    "Okta key set": "/oauth2/default/v1/keys",
+    "Okta org key set": "/oauth2/v1/keys",
+    "Okta authorization": "/oauth2/default/v1/authorize?client_id=x",
+    "Entra key set": "/common/discovery/v2.0/keys",
+    "Entra v1 key set": "/contoso.onmicrosoft.com/discovery/keys",
+    "Entra authorization": "/common/oauth2/v2.0/authorize?client_id=x",
+    "Google key set": "/oauth2/v3/certs",
+    "Google authorization": "/o/oauth2/v2/auth?client_id=x",
+    "Auth0 key set": "/.well-known/jwks.json",
+    "Cognito key set": "/eu-west-1_AbCdEf/.well-known/jwks.json",
+    "Auth0 authorization": "/authorize?client_id=x",
+    "oidc-provider key set": "/jwks",
+    "oidc-provider authorization": "/auth?client_id=x",
+    "RFC 8414 metadata of an issuer with a path": "/.well-known/oauth-authorization-server/tenant/a",
+    "RFC 9728 resource metadata": "/.well-known/oauth-protected-resource",
+    "trailing slash": "/realms/demo/protocol/openid-connect/certs/",
+}
+
+
+@pytest.mark.parametrize("path", PUBLIC_PATHS.values(), ids=PUBLIC_PATHS.keys())
+async def test_discovery_key_sets_and_authorization_pages_pass_without_a_handle(
+    proxy: Proxy, path: str
+) -> None:
+    flow = flow_for("GET", "http://idp.example/", mode=REVERSE_IDP)
+    flow.request.path = path
+    assert await proxy.request(flow)
+    assert flow.request.path == path  # judged on the normalised path, sent as the client wrote it
+
+
+def discovery_flow(path: str = "/dex/.well-known/openid-configuration") -> http.HTTPFlow:
+    return flow_for("GET", f"http://idp.example{path}", mode=REVERSE_IDP)
+
+
+DEX = {
+    "issuer": "http://idp.example/dex",
+    "jwks_uri": "http://idp.example/dex/keys",
+    "authorization_endpoint": "http://idp.example/dex/auth",
+    "token_endpoint": "http://idp.example/dex/token",
+    "userinfo_endpoint": "http://idp.example/dex/userinfo",
+}
+
+
+async def learn_from(proxy: Proxy, document: dict[str, Any], path: str | None = None) -> None:
+    flow = discovery_flow(path) if path else discovery_flow()
+    assert await proxy.request(flow)
+    await proxy.respond(
+        flow, http.Response.make(200, json.dumps(document), {"Content-Type": "application/json"})
+    )
+
+
+async def test_a_discovery_document_makes_the_endpoints_it_names_public(proxy: Proxy) -> None:
+    """Dex's key set is {issuer}/keys: no name the default filter knows, but the issuer's document says so."""
+    keys = flow_for("GET", "http://idp.example/dex/keys", mode=REVERSE_IDP)
+    await assert_refused(proxy, keys, 401, None)
+    await learn_from(proxy, DEX)
+    for path in ("/dex/keys", "/dex/auth?client_id=x&state=s"):
+        assert await proxy.request(flow_for("GET", f"http://idp.example{path}", mode=REVERSE_IDP)), path
+    proxy.configure(splittoken_log_joins=False)  # learnt endpoints outlive a reconfiguration
+    assert await proxy.request(flow_for("GET", "http://idp.example/dex/keys", mode=REVERSE_IDP))
+    # Only what it names as public: other endpoints, other methods, other origins still need a handle.
+    await assert_refused(
+        proxy, flow_for("GET", "http://idp.example/dex/userinfo", mode=REVERSE_IDP), 401, None
+    )
+    await assert_refused(proxy, flow_for("POST", "http://idp.example/dex/keys", mode=REVERSE_IDP), 401, None)
+    await assert_refused(proxy, flow_for("GET", "http://api.example/dex/keys", mode=REVERSE_API), 401, None)
+
+
+@pytest.mark.parametrize(
+    ("document", "path"),
+    [
+        ({**DEX, "issuer": "http://idp.example/other"}, None),  # not this issuer's own document
+        ({**DEX, "jwks_uri": "http://evil.example/dex/keys"}, None),  # another origin
+        ({**DEX, "jwks_uri": "http://idp.example/api/keys"}, None),  # not beneath the issuer
+        ({**DEX, "issuer": "http://idp.example"}, None),  # a root issuer's document lives at the root
+        (DEX, "/api/.well-known/openid-configuration"),  # an API echoing what it was asked for
+    ],
+)
+async def test_discovery_documents_cannot_make_other_paths_public(
+    proxy: Proxy, document: dict[str, Any], path: str | None
+) -> None:
+    await learn_from(proxy, document, path)
+    await assert_refused(proxy, flow_for("GET", "http://idp.example/dex/keys", mode=REVERSE_IDP), 401, None)
+    await assert_refused(proxy, flow_for("GET", "http://idp.example/api/keys", mode=REVERSE_IDP), 401, None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CORS on the proxy's own answers (issue 10, property 10)
+
+PAGE = "http://127.0.0.1:5173"
+
+
+def from_page(flow: http.HTTPFlow, origin: str = PAGE) -> http.HTTPFlow:
+    flow.request.headers["Origin"] = origin
+    return flow
+
+
+async def granted(proxy: Proxy, allow_origin: str, credentials: bool = True, url: str = API) -> None:
+    """The upstream answers a preflight from the page: it may read what it asks for."""
+    preflight = flow_for(
+        "OPTIONS", url, headers={"Origin": PAGE, "Access-Control-Request-Method": "GET"}, mode=REVERSE_API
+    )
+    assert await proxy.request(preflight)
+    headers = {"Access-Control-Allow-Origin": allow_origin, "Access-Control-Allow-Methods": "GET"}
+    if credentials:
+        headers["Access-Control-Allow-Credentials"] = "true"
+    await proxy.respond(preflight, http.Response.make(204, b"", headers))
+
+
+async def test_api_refusals_carry_the_cors_headers_the_upstream_grants(proxy: Proxy) -> None:
+    await granted(proxy, PAGE)
+    flow = from_page(api_flow("Bearer " + "A" * 43))
+    await assert_refused(proxy, flow, 401, "invalid_token")
+    headers = flow.response.headers
+    assert headers["Access-Control-Allow-Origin"] == PAGE
+    assert headers["Access-Control-Allow-Credentials"] == "true"
+    assert {"WWW-Authenticate", "Retry-After"} <= {
+        h.strip() for h in headers["Access-Control-Expose-Headers"].split(",")
+    }
+    assert headers["Vary"] == "Origin"
+
+
+async def test_cors_is_granted_per_origin_and_per_upstream(proxy: Proxy) -> None:
+    await granted(proxy, PAGE)
+    other_page = from_page(api_flow("Bearer " + "A" * 43), "http://127.0.0.1:9999")
+    await assert_refused(proxy, other_page, 401, "invalid_token")
+    assert "Access-Control-Allow-Origin" not in other_page.response.headers
+    assert other_page.response.headers["Vary"] == "Origin"  # the answer depends on the origin
+    other_upstream = from_page(
+        api_flow("Bearer " + "A" * 43, url="http://other.example/x", mode="reverse:http://other.example")
+    )
+    await assert_refused(proxy, other_upstream, 401, "invalid_token")
+    assert "Access-Control-Allow-Origin" not in other_upstream.response.headers
+
+
+async def test_cors_never_grants_any_origin_with_credentials(proxy: Proxy) -> None:
+    await granted(proxy, "*", credentials=True)  # browsers refuse that pair: it grants no credentials
+    flow = from_page(api_flow("Bearer " + "A" * 43))
+    await assert_refused(proxy, flow, 401, "invalid_token")
+    assert flow.response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in flow.response.headers
+
+
+async def test_configured_cors_origins_read_the_proxys_refusals(proxy: Proxy, monkeypatch: Any) -> None:
+    proxy.configure(splittoken_cors_origins=["http://127.0.0.1:5173"])
+    _, client = await login(proxy)
+    assert proxy.addon.vault
+    monkeypatch.setattr(proxy.addon.vault.store, "get", store_down)
+    flow = from_page(api_flow(f"Bearer {body_of(client)['access_token']}"))
+    await assert_refused(proxy, flow, 503, "temporarily_unavailable")
+    assert flow.response.headers["Access-Control-Allow-Origin"] == PAGE
+    assert flow.response.headers["Access-Control-Allow-Credentials"] == "true"
+    assert "Retry-After" in flow.response.headers["Access-Control-Expose-Headers"]
+    proxy.configure(splittoken_cors_origins=["*"])
+    flow = from_page(api_flow(f"Bearer {body_of(client)['access_token']}"))
+    await assert_refused(proxy, flow, 503, "temporarily_unavailable")
+    assert flow.response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in flow.response.headers
+
+
+async def test_refusals_of_echoing_answers_carry_cors_too(proxy: Proxy) -> None:
+    await granted(proxy, PAGE)
+    token, _, flow = await joined(proxy)
+    from_page(flow)
+    upstream = http.Response.make(200, json.dumps({"echo": token}).encode("utf-16"))
+    upstream.headers["Access-Control-Allow-Origin"] = PAGE
+    answer = await proxy.respond(flow, upstream)
+    assert_error(answer, 502, "server_error")
+    assert answer.headers["Access-Control-Allow-Origin"] == PAGE

@@ -32,9 +32,13 @@ def store(tmp_path: Path) -> str:
     return str(tmp_path / "store")
 
 
+# The tests read what the API received from the echo API's answer, which the proxy redacts by default.
+SHOW_WHAT_THE_API_GOT = {"splittoken_redact_api_responses": "false"}
+
+
 @pytest.fixture
 def proxy(idp: ManagedProcess, api: ManagedProcess, store: str) -> Iterator[Proxy]:
-    started = start_proxy(url(idp), url(api), store=store)
+    started = start_proxy(url(idp), url(api), store=store, options=SHOW_WHAT_THE_API_GOT)
     yield started
     started.stop()
 
@@ -196,7 +200,7 @@ def forward_proxy(idp, api, tmp_path: Path, api_filter: str) -> Iterator[tuple[P
     regular_port = free_port()
     started = start_proxy(
         url(idp), url(api), store=str(tmp_path / "store"),
-        options={"splittoken_api_filter": api_filter} if api_filter else None,
+        options={**SHOW_WHAT_THE_API_GOT, **({"splittoken_api_filter": api_filter} if api_filter else {})},
         extra_args=["--mode", f"regular@{regular_port}"],
     )  # fmt: skip
     try:

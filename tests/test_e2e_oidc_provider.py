@@ -42,7 +42,9 @@ def oidc_proxy(
 ) -> Iterator[Proxy]:
     assert oidc_provider.url and api.url
     store = tmp_path_factory.mktemp("oidc-provider-store") / "store"
-    started = start_proxy(oidc_provider.url, api.url, store=str(store), options=PROXY_OPTIONS)
+    # What the API received is read from the echo API's answer, which the proxy redacts by default.
+    options = {**PROXY_OPTIONS, "splittoken_redact_api_responses": "false"}
+    started = start_proxy(oidc_provider.url, api.url, store=str(store), options=options)
     yield started
     started.stop()
 

@@ -47,6 +47,8 @@ BAD_VALUES: dict[str, list[str]] = {
     "splittoken_redact_api_responses": ["maybe"],
     "splittoken_allow_client_jwt": ["maybe"],
     "splittoken_log_joins": ["maybe"],
+    "splittoken_cors_origins": ["null", "https://app.example/callback"],
+    "splittoken_cache_size": ["abc", "-1"],
 }
 START_UPS = [
     (tool, option, value)

@@ -52,6 +52,8 @@ def start_proxies(idp: ManagedProcess, api: ManagedProcess) -> Iterator[StartPro
         assert idp.url and api.url
         batch: list[Proxy] = []
         failure: BaseException | None = None
+        # What the API received is read from the echo API's answer, which the proxy redacts by default.
+        options = {"splittoken_redact_api_responses": "false", **(options or {})}
         with ThreadPoolExecutor(n) as pool:
             futures = [
                 pool.submit(start_proxy, idp.url, api.url, store=store, options=options) for _ in range(n)

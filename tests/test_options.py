@@ -78,3 +78,47 @@ def test_changing_the_leeway_keeps_the_open_store(proxy: Proxy) -> None:
     store = proxy.addon.vault.store
     proxy.configure(splittoken_leeway=30)
     assert proxy.addon.vault.store is store and proxy.addon.vault.leeway == 30
+
+
+def test_defaults_are_safe() -> None:
+    """Issue 10, property 8: echoes of the JWT are redacted unless asked otherwise; no origin is named."""
+    values = {option.name: option.default for option in options.OPTIONS} | {"confdir": "/nonexistent"}
+    settings = options.parse_settings(values)
+    assert settings.redact_api_responses is True
+    assert settings.cors_origins == frozenset()
+    assert settings.stream_large_bodies is None
+
+
+@pytest.mark.parametrize(
+    "origins",
+    [
+        ["https://app.example/"],
+        ["https://app.example/callback"],
+        ["https://app.example?x=1"],
+        ["https://user@app.example"],
+        ["app.example"],
+        ["null"],  # what sandboxed pages and file: URLs send: no origin to trust
+        [""],
+        ["https://app.example", "*.example"],
+    ],
+)
+async def test_bad_cors_origins_are_refused(proxy: Proxy, origins: list[str]) -> None:
+    with pytest.raises(exceptions.OptionsError, match="splittoken_cors_origins"):
+        proxy.configure(splittoken_cors_origins=origins)
+    assert proxy.addon.settings and proxy.addon.settings.cors_origins == frozenset()  # the old value kept
+
+
+def test_cors_origins_are_compared_as_browsers_send_them(proxy: Proxy) -> None:
+    proxy.configure(splittoken_cors_origins=["https://App.Example:8443", "http://[::1]:3000", "*"])
+    expected = frozenset({"https://app.example:8443", "http://[::1]:3000", "*"})
+    assert proxy.addon.settings and proxy.addon.settings.cors_origins == expected
+    assert proxy.addon.answers.cors.origins == expected
+
+
+def test_the_stream_threshold_reaches_the_settings(proxy: Proxy) -> None:
+    """The API route scans answers of unknown length as streams when mitmproxy may stream them."""
+    proxy.tctx.options.add_option("stream_large_bodies", str | None, None, "proxyserver's option")
+    proxy.configure(stream_large_bodies="2m")
+    assert proxy.addon.settings and proxy.addon.settings.stream_large_bodies == 2 * 1024 * 1024
+    with pytest.raises(exceptions.OptionsError, match="stream_large_bodies"):
+        proxy.configure(stream_large_bodies="1k")  # below splittoken_max_body: token answers would stream

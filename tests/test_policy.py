@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import re
 import time
+import urllib.parse
 import zlib
+from collections.abc import Callable
 
 import jwt
 import pytest
@@ -360,6 +363,130 @@ def test_leaked_jws_sees_through_escapes_inside_a_value(template: str) -> None:
     assert JWT not in list(policy.jws.find_jws(value))  # the token itself is hidden from a plain scan...
     assert policy.leaked_jws({"note": value}, allowed=None)  # ...not from leaked_jws
     assert not policy.leaked_jws({"note": value.replace(JWT[1:], "opaque")}, allowed=None)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# client_authentication
+
+
+def basic(client_id: str, secret: str) -> str:
+    pair = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(secret)}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+ASSERTION = jwt.encode({"iss": "c", "sub": "c", "jti": "1"}, b"k" * 32, algorithm="HS256")
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+CLIENT_AUTHENTICATIONS = {
+    "Basic": (basic("demo client", "s3cret"), {}),
+    "client_secret": ("", {"client_id": "demo client", "client_secret": "s3cret"}),
+    "client_assertion": (
+        "",
+        {"client_id": "demo client", "client_assertion": ASSERTION, "client_assertion_type": ASSERTION_TYPE},
+    ),
+    "client_id only": ("", {"client_id": "demo client"}),
+}
+
+
+@pytest.mark.parametrize(
+    ("authorization", "fields"), CLIENT_AUTHENTICATIONS.values(), ids=CLIENT_AUTHENTICATIONS
+)
+def test_client_authentication_names_the_client_and_hides_its_credentials(
+    authorization: str, fields: dict[str, str]
+) -> None:
+    found = policy.client_authentication(authorization, {"grant_type": "refresh_token", **fields})
+    assert found.startswith("demo client#")
+    assert found == policy.client_authentication(authorization, {**fields, "refresh_token": "other"})
+    for credential in ("s3cret", ASSERTION, ASSERTION.split(".")[1], authorization.partition(" ")[2] or "-"):
+        assert credential not in found
+
+
+@pytest.mark.parametrize(
+    ("authorization", "fields"),
+    [
+        (basic("demo client", "wrong"), {}),
+        (basic("other", "s3cret"), {}),
+        ("", {"client_id": "demo client", "client_secret": "wrong"}),
+        ("", {"client_id": "demo client", "client_secret": ["s3cret"]}),  # a JSON body: the type counts
+        ("", {"client_id": "demo client", "client_assertion": ASSERTION + "x"}),
+        ("", {"client_id": "demo client", "client_assertion": ASSERTION, "client_assertion_type": "other"}),
+        ("", {"client_id": "demo client", "client_secret": "s3cret", "client_assertion": ASSERTION}),
+        ("", {"client_id": "other client"}),
+        ("", {}),
+        (basic("demo client", "s3cret") + " ", {"client_secret": "more"}),
+        ("Bearer x", {"client_id": "demo client"}),
+    ],
+)
+def test_client_authentication_differs_with_any_credential(
+    authorization: str, fields: dict[str, object]
+) -> None:
+    known = {policy.client_authentication(*case) for case in CLIENT_AUTHENTICATIONS.values()}
+    assert len(known) == len(CLIENT_AUTHENTICATIONS)
+    assert policy.client_authentication(authorization, fields) not in known
+
+
+def test_client_authentication_survives_a_broken_basic_header() -> None:
+    for value in ("Basic", "Basic !!!", "Basic " + base64.b64encode(b"\xff:x").decode()):
+        found = policy.client_authentication(value, {"client_id": "demo"})
+        assert found.startswith("demo#")
+        assert found != policy.client_authentication("", {"client_id": "demo"})
+
+
+# -----------------------------------------------------------------------------------------------------------
+# quotes / scrubbed: what the proxy swapped into a request, in its answer
+
+REAL = "rt-Zm9vYmFy/baz+qux=="  # a refresh token with characters that escaping changes
+OTHER = "rt-YmFyYmF6/qux+foo=="
+
+
+def json_escaped(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+def percent_encoded(text: str) -> str:
+    return "".join(f"%{b:02X}" for b in text.encode())
+
+
+QUOTED: dict[str, Callable[[str], str]] = {
+    "plain": lambda t: f'{{"error_description": "bad {t}"}}',
+    "JSON-escaped": lambda t: f'{{"error_description": "bad {json_escaped(t)}"}}',
+    "one character escaped": lambda t: f'{{"e": "{t[:3]}\\u{ord(t[3]):04x}{t[4:]}"}}',
+    "slash escaped": lambda t: '{"e": "' + t.replace("/", "\\/") + '"}',
+    "percent-encoded": lambda t: f"error_description=bad+{percent_encoded(t)}",
+    "lower-case percent": lambda t: f"e={percent_encoded(t).lower()}",
+    "percent inside JSON": lambda t: f'{{"e": "{percent_encoded(t)}"}}',
+    "JSON escapes percent-encoded": lambda t: f"e={percent_encoded(json_escaped(t))}",
+}
+
+
+@pytest.mark.parametrize("quote", QUOTED.values(), ids=QUOTED.keys())
+def test_quotes_finds_the_token_in_any_form_a_client_reads(quote: Callable[[str], str]) -> None:
+    assert policy.quotes(quote(REAL).encode(), REAL)
+    assert policy.quotes(quote(REAL), REAL)  # a header value
+    assert policy.quotes(quote(REAL).encode("utf-16"), REAL)
+    assert not policy.quotes(quote(OTHER).encode(), REAL)  # another token, quoted the same way
+    assert not policy.quotes(quote(OTHER), REAL)
+
+
+def test_quotes_is_about_that_token_only() -> None:
+    assert not policy.quotes(f'{{"refresh_token": "{REAL[:-1]}"}}'.encode(), REAL)
+    assert not policy.quotes(b"", REAL)
+
+
+def test_scrubbed_replaces_the_token_as_it_stands_by_its_handle() -> None:
+    raw = f'{{"error": "invalid_grant", "error_description": "bad {REAL}", "again": "{REAL}"}}'.encode()
+    clean = policy.scrubbed(raw, ["application/json"], REAL, HANDLE)
+    assert clean == raw.replace(REAL.encode(), HANDLE.encode())
+    assert policy.scrubbed(b"{}", [], REAL, HANDLE) == b"{}"
+
+
+@pytest.mark.parametrize("quote", [v for k, v in QUOTED.items() if k != "plain"])
+def test_scrubbed_refuses_the_token_in_another_form(quote: Callable[[str], str]) -> None:
+    assert policy.scrubbed(f"{quote(REAL)} and {REAL}".encode(), [], REAL, HANDLE) is None
+
+
+@pytest.mark.parametrize("header", [f"token={REAL}", f"t={percent_encoded(REAL)}", json_escaped(REAL)])
+def test_scrubbed_refuses_the_token_in_a_header(header: str) -> None:
+    assert policy.scrubbed(b'{"error": "invalid_grant"}', ["text/plain", header], REAL, HANDLE) is None
 
 
 # -----------------------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import urllib.parse
 from typing import Any
 
@@ -11,6 +13,7 @@ from mitmproxy import http
 from hooks import HookDriver as Proxy
 from oauth_flows import (
     api_flow,
+    assert_error,
     assert_refused,
     body_of,
     json_response,
@@ -52,15 +55,103 @@ async def test_revoke_refresh_handle(proxy: Proxy) -> None:
     await assert_refused(proxy, again, 400, "invalid_grant")
 
 
-async def test_revoke_rotated_handle_is_answered_locally(proxy: Proxy) -> None:
+@pytest.mark.parametrize("hint", [None, "refresh_token", "access_token"])
+async def test_revoking_a_rotated_handle_revokes_the_chains_current_refresh_token(
+    proxy: Proxy, hint: str | None
+) -> None:
     _, handle, flow = await refreshing(proxy)
-    await proxy.respond(flow, json_response(token_fields(refresh_token="new-" + "n" * 40)))
-    revoke = revoke_flow(handle)
-    assert not await proxy.request(revoke)
-    assert revoke.response is not None
-    assert revoke.response.status_code == 200
+    new = token_fields(refresh_token="new-" + "n" * 40)
+    current = body_of(await proxy.respond(flow, json_response(new)))["refresh_token"]
+    revoke = revoke_flow(handle, hint)
+    assert await proxy.request(revoke)  # to the authorization server, with the token the chain holds now
+    sent = dict(urllib.parse.parse_qsl(revoke.request.get_text() or ""))
+    assert sent["token"] == new["refresh_token"]
+    if hint:
+        assert sent["token_type_hint"] == "refresh_token"
+    assert (await proxy.respond(revoke, http.Response.make(200, b""))).status_code == 200
     late = refresh_flow(handle)
     await assert_refused(proxy, late, 400, "invalid_grant")
+    await assert_refused(proxy, refresh_flow(current), 400, "invalid_grant")
+
+
+async def test_revoking_a_handle_revokes_the_whole_chain_after_it(proxy: Proxy) -> None:
+    _, first, flow = await refreshing(proxy)
+    second = body_of(await proxy.respond(flow, json_response(token_fields(refresh_token="r2-" + "2" * 40))))
+    flow = refresh_flow(second["refresh_token"])
+    assert await proxy.request(flow)
+    third = token_fields(refresh_token="r3-" + "3" * 40)
+    current = body_of(await proxy.respond(flow, json_response(third)))["refresh_token"]
+    revoke = revoke_flow(first)
+    assert await proxy.request(revoke)
+    assert dict(urllib.parse.parse_qsl(revoke.request.get_text() or ""))["token"] == third["refresh_token"]
+    for handle in (first, second["refresh_token"], current):
+        await assert_refused(proxy, refresh_flow(handle), 400, "invalid_grant")
+
+
+async def test_revoking_the_current_handle_ends_the_grace_replay(proxy: Proxy) -> None:
+    _, handle, flow = await refreshing(proxy)
+    new = token_fields(refresh_token="new-" + "n" * 40)
+    current = body_of(await proxy.respond(flow, json_response(new)))["refresh_token"]
+    revoke = revoke_flow(current)
+    assert await proxy.request(revoke)
+    assert dict(urllib.parse.parse_qsl(revoke.request.get_text() or ""))["token"] == new["refresh_token"]
+    late = refresh_flow(handle)
+    body = await assert_refused(proxy, late, 400, "invalid_grant")  # no replay of a logged-out chain
+    assert "access_token" not in body
+
+
+async def test_revoking_a_rotated_handle_of_an_ended_chain_is_answered_locally(proxy: Proxy) -> None:
+    _, handle, flow = await refreshing(proxy)
+    current = body_of(await proxy.respond(flow, json_response(token_fields(refresh_token="n" * 40))))
+    assert proxy.addon.vault
+    proxy.addon.vault.forget_now(current["refresh_token"])
+    revoke = revoke_flow(handle)
+    assert not await proxy.request(revoke)  # nothing left to revoke upstream
+    assert revoke.response is not None
+    assert revoke.response.status_code == 200
+    await assert_refused(proxy, refresh_flow(handle), 400, "invalid_grant")
+
+
+async def test_a_revocation_during_a_refresh_wins(proxy: Proxy) -> None:
+    _, handle, refresh = await refreshing(proxy)
+    revoke = revoke_flow(handle)
+    revoking = asyncio.create_task(proxy.request(revoke))
+    await asyncio.sleep(0.01)
+    assert not revoking.done()  # it waits for the refresh in flight, to revoke what that brings
+    new = token_fields(refresh_token="new-" + "n" * 40)
+    answer = await proxy.respond(refresh, json_response(new))
+    assert_error(answer, 400, "invalid_grant")  # the new handles are not handed out
+    assert await revoking
+    assert dict(urllib.parse.parse_qsl(revoke.request.get_text() or ""))["token"] == new["refresh_token"]
+    await assert_refused(proxy, refresh_flow(handle), 400, "invalid_grant")
+
+
+@pytest.mark.parametrize("grace", [0, 10])
+async def test_a_revocation_landing_as_a_refresh_hands_out_its_answer_ends_that_answer_too(
+    proxy: Proxy, monkeypatch: Any, grace: int
+) -> None:
+    # The refresh has seen its handle alive and is storing the answer's records when the revocation lands.
+    proxy.configure(splittoken_refresh_grace=grace)
+    _, handle, refresh = await refreshing(proxy)
+    vault = proxy.addon.vault
+    assert vault
+    keep, revoke = vault.keep, revoke_flow(handle)
+    revoking: list[asyncio.Task[bool]] = []
+
+    async def keep_while_revoking(*args: Any) -> None:
+        if not revoking:
+            revoking.append(asyncio.create_task(proxy.request(revoke)))
+            await asyncio.sleep(0.01)
+        await keep(*args)
+
+    monkeypatch.setattr(vault, "keep", keep_while_revoking)
+    new = token_fields(refresh_token="new-" + "n" * 40)
+    answer = await proxy.respond(refresh, json_response(new))
+    assert answer.status_code == 200
+    assert await revoking[0]
+    assert dict(urllib.parse.parse_qsl(revoke.request.get_text() or ""))["token"] == new["refresh_token"]
+    for dead in (handle, body_of(answer)["refresh_token"]):
+        await assert_refused(proxy, refresh_flow(dead), 400, "invalid_grant")
 
 
 @pytest.mark.parametrize(("kind", "status"), [("access_token", 200), ("refresh_token", 400)])
@@ -100,3 +191,62 @@ async def test_store_failure_on_revoke_is_503(proxy: Proxy, monkeypatch: Any) ->
     monkeypatch.setattr(proxy.addon.vault.store, "delete", store_down)
     flow = revoke_flow(body_of(client)["access_token"])
     await assert_refused(proxy, flow, 503, "temporarily_unavailable")
+
+
+# -----------------------------------------------------------------------------------------------------------
+# What the proxy swapped in never comes back
+
+
+def json_escaped(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+def percent_encoded(text: str) -> str:
+    return "".join(f"%{b:02X}" for b in text.encode())
+
+
+@pytest.mark.parametrize("status", [200, 400])
+@pytest.mark.parametrize("kind", ["access_token", "refresh_token"])
+async def test_a_revocation_answer_quoting_the_token_shows_the_handle(
+    proxy: Proxy, kind: str, status: int
+) -> None:
+    fields, client = await login(proxy)
+    handle = body_of(client)[kind]
+    revoke = revoke_flow(handle)
+    assert await proxy.request(revoke)
+    raw = json.dumps(
+        {"error": "invalid_request", "error_description": f"cannot revoke {fields[kind]}"}
+    ).encode()
+    answer = await proxy.respond(revoke, json_response(None, status=status, raw=raw))
+    assert answer.status_code == status
+    assert body_of(answer)["error_description"] == f"cannot revoke {handle}"
+
+
+@pytest.mark.parametrize(
+    "quote",
+    [
+        lambda t: (f'{{"revoked": "{json_escaped(t)}"}}', {}),
+        lambda t: (f'{{"revoked": "{percent_encoded(t)}"}}', {}),
+        lambda t: ("{}", {"X-Debug": f"token={t}"}),
+        lambda t: ("{}", {"X-Debug": f"token={percent_encoded(t)}"}),
+    ],
+    ids=["JSON-escaped", "percent-encoded", "in a header", "percent-encoded in a header"],
+)
+@pytest.mark.parametrize("kind", ["access_token", "refresh_token"])
+async def test_a_revocation_answer_quoting_the_token_otherwise_is_refused(
+    proxy: Proxy, kind: str, quote: Any
+) -> None:
+    fields, client = await login(proxy)
+    revoke = revoke_flow(body_of(client)[kind])
+    assert await proxy.request(revoke)
+    raw, headers = quote(fields[kind])
+    answer = await proxy.respond(revoke, json_response(None, raw=raw.encode(), headers=headers))
+    assert_error(answer, 502, "server_error")
+
+
+async def test_a_revocation_answer_of_a_token_not_ours_passes_unchanged(proxy: Proxy) -> None:
+    revoke = revoke_flow("opaque-token-from-idp")
+    assert await proxy.request(revoke)
+    raw = b'{"error": "invalid_request", "error_description": "opaque-token-from-idp"}'
+    answer = await proxy.respond(revoke, json_response(None, status=400, raw=raw))
+    assert answer.raw_content == raw

@@ -1,16 +1,28 @@
-"""seal.py and vault.py: what the store holds is useless without the handle."""
+"""seal.py: what the store holds is useless without the handle."""
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from splittoken import seal
 from splittoken.seal import Record, SealBroken
-from splittoken.vault import REFRESH_HANDLE_BYTES, Vault, new_refresh_handle
 
 HANDLE = "Zm9vYmFyYmF6cXV4LXNpZ25hdHVyZS1vZi10aGUtand0LWFiY2RlZmdoaWprbG1u"
 SECRET = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZS13b25kZXJsYW5kIiwiZXhwIjoxODAwMDAwMDAwfQ"
 SUBJECT = "alice-wonderland@example.com"
+
+
+def sealing_key(handle: str) -> bytes:
+    """The sealing key of a handle, derived as seal.py documents it, without its code."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"splittoken seal v1")
+    return hkdf.derive(handle.encode())
 
 
 def record(**kw: object) -> Record:
@@ -60,7 +72,7 @@ def test_no_plaintext_in_sealed_bytes() -> None:
 
 
 def test_record_moved_to_another_key_fails() -> None:
-    other = new_refresh_handle()
+    other = secrets.token_urlsafe(32)
     sealed = seal.seal(HANDLE, record())
     with pytest.raises(SealBroken):
         seal.open_sealed(other, sealed)
@@ -95,76 +107,29 @@ def test_truncated_and_extended_fail() -> None:
         seal.open_sealed(HANDLE, sealed + b"\x00")
 
 
+def test_records_older_than_their_fields_still_open() -> None:
+    # Records sealed before rotated records knew their client and refresh token: the fields are empty.
+    old = {"kind": "rotated", "secret": '{"refresh_token": "x"}', "expires_at": 1.8e9, "subject": SUBJECT}
+    nonce = os.urandom(12)
+    aad = b"\x01" + seal.store_key(HANDLE).encode()
+    sealed = b"\x01" + nonce + AESGCM(sealing_key(HANDLE)).encrypt(nonce, json.dumps(old).encode(), aad)
+    opened = seal.open_sealed(HANDLE, sealed)
+    assert opened == Record("rotated", '{"refresh_token": "x"}', 1.8e9, SUBJECT)
+    assert (opened.issuer, opened.client, opened.refresh_token) == ("", "", "")
+    assert opened.real_token(HANDLE) == ""  # no refresh token to send for it: refused, never guessed
+
+
+def test_real_token_is_what_the_authorization_server_issued() -> None:
+    assert record().real_token(HANDLE) == f"{SECRET}.{HANDLE}"
+    assert record(kind="refresh", secret="rt-1").real_token(HANDLE) == "rt-1"
+    rotated = record(kind="rotated", secret='{"refresh_token": "next"}', client="c#d", refresh_token="rt-0")
+    assert rotated.real_token(HANDLE) == "rt-0"
+    assert seal.open_sealed(HANDLE, seal.seal(HANDLE, rotated)) == rotated
+
+
 def test_record_expired_with_leeway() -> None:
     r = record(expires_at=100.0)
     assert not r.expired(99.9)
     assert r.expired(100.0)
     assert not r.expired(104.0, leeway=5)
     assert r.expired(105.0, leeway=5)
-
-
-# -----------------------------------------------------------------------------------------------------------
-# Vault over an in-memory store
-
-
-class MemoryStore:
-    blocking = False
-
-    def __init__(self) -> None:
-        self.data: dict[str, tuple[bytes, float]] = {}
-
-    def put(self, key: str, value: bytes, expires_at: float) -> None:
-        self.data[key] = (value, expires_at)
-
-    def get(self, key: str) -> bytes | None:
-        item = self.data.get(key)
-        return item[0] if item else None
-
-    def delete(self, key: str) -> bool:
-        return self.data.pop(key, None) is not None
-
-    def stats(self) -> object:
-        return None
-
-    def purge(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
-
-
-def test_vault_keep_find_forget() -> None:
-    store, now = MemoryStore(), [1000.0]
-    vault = Vault(store, clock=lambda: now[0], leeway=5)  # type: ignore[arg-type]
-    r = record(expires_at=1100.0)
-    vault.keep_now(HANDLE, r)
-    (key,) = store.data
-    assert key == seal.store_key(HANDLE)
-    assert store.data[key][1] == 1105.0  # the store keeps it for the leeway too
-    assert vault.find_now(HANDLE) == r
-    assert vault.find_now(HANDLE + "x") is None
-    now[0] = 1104.9
-    assert vault.find_now(HANDLE) == r
-    now[0] = 1105.0
-    assert vault.find_now(HANDLE) is None  # expired records are refused before the store purges them
-    now[0] = 1000.0
-    assert vault.forget_now(HANDLE)
-    assert not vault.forget_now(HANDLE)
-    assert vault.find_now(HANDLE) is None
-
-
-def test_vault_record_copied_under_another_key_is_not_found() -> None:
-    store = MemoryStore()
-    vault = Vault(store, clock=lambda: 0.0)  # type: ignore[arg-type]
-    vault.keep_now(HANDLE, record())
-    attacker = new_refresh_handle()
-    store.data[seal.store_key(attacker)] = store.data[seal.store_key(HANDLE)]
-    assert vault.find_now(attacker) is None
-
-
-def test_new_refresh_handles_are_long_random_base64url() -> None:
-    handles = {new_refresh_handle() for _ in range(1000)}
-    assert len(handles) == 1000
-    for h in handles:
-        assert len(h) >= REFRESH_HANDLE_BYTES * 4 // 3
-        assert set(h) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")

@@ -19,7 +19,7 @@ from mitmproxy import command, ctx, exceptions, http
 
 from . import options, policy, routing
 from .answers import Answers, to_response
-from .api_route import ApiRoute
+from .api_route import ApiRoute, Discovered
 from .errors import OptionInvalid, StoreUnavailable
 from .introspect_route import IntrospectRoute
 from .messages import request_body
@@ -47,6 +47,7 @@ class SplitToken:
         # What the addon knows of each flow in flight; published to flow.metadata without its secrets.
         self.flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
         self.authorization_servers = routing.AuthorizationServers()
+        self.discovered = Discovered()  # public endpoints named by discovery documents that passed
         # Set when the options the proxy started with are unusable: every flow is refused until fixed.
         self.misconfigured: str | None = None
         self.jwks: jwt.PyJWKClient | None = None
@@ -82,7 +83,8 @@ class SplitToken:
         if (
             self.vault
             and previous
-            and (previous.store, previous.store_timeout) == (settings.store, settings.store_timeout)
+            and (previous.store, previous.store_timeout, previous.cache_size)
+            == (settings.store, settings.store_timeout, settings.cache_size)
         ):
             self.vault.leeway = settings.leeway
             return self.vault
@@ -93,7 +95,7 @@ class SplitToken:
         if self.vault:
             self.vault.close()
         logger.info("splittoken: handles in %r", store)
-        return Vault(store, leeway=settings.leeway)
+        return Vault(store, leeway=settings.leeway, cache_size=settings.cache_size)
 
     def _build_routes(self, settings: Settings, vault: Vault) -> None:
         if not settings.jwks_url:
@@ -101,9 +103,10 @@ class SplitToken:
         elif self.jwks is None or self.jwks.uri != settings.jwks_url:
             self.jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5)
         self.refreshes = Refreshes(vault, self.answers, self.counters, self.flights)
-        self.api_route = ApiRoute(settings, vault, self.answers, self.counters)
+        self.answers.cors.origins = settings.cors_origins
+        self.api_route = ApiRoute(settings, vault, self.answers, self.counters, self.discovered)
         self.token_route = TokenRoute(settings, vault, self.answers, self.counters, self.refreshes, self.jwks)
-        self.revoke_route = RevokeRoute(vault, self.answers, self.counters)
+        self.revoke_route = RevokeRoute(vault, self.answers, self.counters, self.refreshes)
         self.introspect_route = IntrospectRoute(vault, self.answers, self.counters)
         # The endpoints of the authorization server whose requests carry handles in their bodies.
         self.endpoints: dict[str, TokenRoute | RevokeRoute | IntrospectRoute] = {
@@ -146,6 +149,7 @@ class SplitToken:
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if self.misconfigured or self.settings is None:
             flow.response = to_response(policy.Refusal(503, "temporarily_unavailable", "proxy misconfigured"))
+            self.answers.cors.allow(flow, flow.response)
             return None
         classified = routing.classify(flow, self.settings)
         if classified.route is None:
@@ -184,6 +188,7 @@ class SplitToken:
         flow.metadata.pop(META, None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self.answers.cors.learn(flow)  # what the upstream lets browser origins read, for our own answers
         st = self.flows.get(flow)
         judged = st and (st.route != "api" or st.authorization_server)
         if judged and flow.response and flow.response.stream:
@@ -192,6 +197,8 @@ class SplitToken:
             # large to parse anyway, it is cut off instead.
             logger.error("token response over stream_large_bodies on %s: closed", logged_path(flow))
             flow.kill()
+        elif st and st.route == "api":
+            self.api_route.responseheaders(flow, st)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         st = self.flows.get(flow)

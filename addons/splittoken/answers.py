@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 from mitmproxy import http
 
 from . import policy
+from .cors import Cors
 from .errors import StoreUnavailable
 from .policy import Refusal
 from .routing import logged_path
@@ -24,12 +25,14 @@ logger = logging.getLogger("splittoken")
 class Answers:
     def __init__(self, counters: Counter[str]) -> None:
         self.counters = counters
+        self.cors = Cors()  # what browser origins may read of these answers; lives as long as the addon
 
     def answer(
         self, flow: http.HTTPFlow, st: FlowState, response: http.Response, note: str, refused: bool = True
     ) -> None:
-        """Answer the client from the proxy: the request goes no further."""
+        """Answer the client from the proxy: the request goes no further (or its answer is replaced)."""
         flow.request.stream = False
+        self.cors.allow(flow, response)
         flow.response = response
         st.answered = True
         if refused:

@@ -1,38 +1,77 @@
-"""The API route: a handle comes in, the JWT it was cut from goes upstream.
+"""The API route: a handle comes in, the JWT it was cut from goes upstream, and none of it comes back.
 
 Done on the request headers alone, so that streamed request bodies work too. Whatever cannot be joined is
-answered here with the RFC 6750 error; the API never sees it.
+answered here with the RFC 6750 error; the API never sees it. An answer that repeats the JWT (an echo
+endpoint, a debug header, an error page) reaches the client with the handle in its place, streamed answers
+included (``redaction``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import sys
+import urllib.parse
+import zlib
 from collections import Counter
+from collections.abc import Callable, Sequence
 
+import brotli
 from mitmproxy import http
+from mitmproxy.net.http import url
 
 from . import jws, policy
 from .answers import Answers, annotate
 from .options import Settings
 from .policy import Refusal
-from .routing import destination_is_named, in_reverse_mode, is_cors_preflight
+from .redaction import Echo, Scanner
+from .routing import (
+    destination_is_named,
+    endpoint,
+    in_reverse_mode,
+    is_cors_preflight,
+    logged_path,
+    matches,
+    normalised_path,
+    origin,
+)
 from .state import FlowState, redact
 from .vault import Vault
 
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd  # mitmproxy's own zstd before Python 3.14
+
 logger = logging.getLogger("splittoken")
+
+# A Host header as RFC 3986 has an authority (no "/", "?", "#" or "@"): filters read it as part of the URL,
+# and one holding a path ("x/.well-known/jwks.json?") would make any path look public.
+_AUTHORITY = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:\[\]%-]*")
+_DISCOVERY_DOCUMENT = re.compile(r"/\.well-known/(openid-configuration|oauth-authorization-server)\b")
+_DISCOVERY_LIMIT = 256 * 1024
+# What a discovery document names that clients fetch, or browsers open, without credentials.
+_PUBLIC_METADATA = ("jwks_uri", "authorization_endpoint", "end_session_endpoint")
+_DISCOVERED_KEPT = 256
+_NO_BODY = frozenset({204, 304})
+
+Decoder = Callable[[bytes, bool], bytes]  # (chunk, final) -> decoded bytes
 
 
 class ApiRoute:
-    def __init__(self, settings: Settings, vault: Vault, answers: Answers, counters: Counter[str]) -> None:
+    def __init__(
+        self, settings: Settings, vault: Vault, answers: Answers, counters: Counter[str],
+        discovered: Discovered,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.vault = vault
         self.answers = answers
         self.counters = counters
+        self.discovered = discovered
 
     async def request(self, flow: http.HTTPFlow, st: FlowState) -> None:
-        if "authorization" not in flow.request.headers and (
-            is_cors_preflight(flow) or (self.settings.public_filter and self.settings.public_filter(flow))
-        ):
+        if "authorization" not in flow.request.headers and (is_cors_preflight(flow) or self._public(flow)):
             # Nothing to join, and nothing a client must be stopped from sending: browsers never send
             # credentials on a preflight, and discovery documents and key sets are public by design.
             return None
@@ -50,13 +89,22 @@ class ApiRoute:
         record = await self.vault.find(handle)
         if record is None or record.kind != "access":
             return self.answers.refuse(flow, st, policy.invalid_token("unknown, expired or revoked handle"))
-        flow.request.headers["authorization"] = f"Bearer {jws.join(record.secret, handle)}"
+        st.swapped_in = jws.join(record.secret, handle)
+        flow.request.headers["authorization"] = f"Bearer {st.swapped_in}"
         self.counters["joins"] += 1
         st.event, st.handle, st.subject = "joined", redact(handle), record.subject
         annotate(flow, f"re-joined handle {redact(handle)} for sub={record.subject or '?'}")
         if self.settings.log_joins:
             logger.info("joined handle %s", redact(handle))
         return None
+
+    def _public(self, flow: http.HTTPFlow) -> bool:
+        """Whether a request without credentials asks for what an authorization server serves to anyone: by
+        the public filter, on the path as the server reads it, or named by a discovery document."""
+        public_filter = self.settings.public_filter
+        if public_filter is None or not _AUTHORITY.fullmatch(flow.request.host_header or ""):
+            return False
+        return matches(public_filter, flow) or self.discovered.serve(flow)
 
     def _precheck(self, flow: http.HTTPFlow) -> Refusal | None:
         if not in_reverse_mode(flow) and not destination_is_named(flow):
@@ -67,24 +115,197 @@ class ApiRoute:
             return policy.invalid_request("TRACE would echo the token back")
         return None
 
+    def responseheaders(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        """Before the answer's headers leave: the JWT goes out of them, and a body that streams is scanned
+        as it passes."""
+        echo = self._echo(st)
+        response = flow.response
+        if echo is None or response is None:
+            return
+        _redact_fields(response.headers, echo)
+        # An authorization server's answers are judged whole (token_route), never streamed past it.
+        if not st.authorization_server and self._streams(flow):
+            self._scan_stream(flow, echo)
+
     def response(self, flow: http.HTTPFlow, st: FlowState) -> None:
-        if st.event == "joined" and self.settings.redact_api_responses:
-            redact_echoed_token(flow)
+        response = flow.response
+        assert response
+        echo = self._echo(st)
+        if echo is None:
+            if st.event is None:
+                self.discovered.learn(flow)
+            return
+        if response.trailers:
+            _redact_fields(response.trailers, echo)
+        if isinstance(response.stream, StreamedAnswer):
+            if response.stream.cut:
+                # The headers are gone, so no refusal: cut short, which a chunked or HTTP/2 client sees.
+                logger.error("streamed answer on %s quoting the token: cut short", logged_path(flow))
+                flow.kill()
+            return
+        try:
+            body = response.get_content()
+        except ValueError:  # an encoding mitmproxy cannot undo: what the client reads in it is unknown
+            refusal = policy.api_response_refused("cannot decode it to look for the token")
+            return self.answers.refuse(flow, st, refusal)
+        if not body:
+            return
+        redacted = echo.redact(body)
+        if redacted is None:
+            refusal = policy.api_response_refused("it quotes the token in a form that cannot be rewritten")
+            return self.answers.refuse(flow, st, refusal)
+        if redacted is not body:
+            response.content = redacted
+
+    def _echo(self, st: FlowState) -> Echo | None:
+        if st.event != "joined" or not self.settings.redact_api_responses or not st.swapped_in:
+            return None
+        return Echo(st.swapped_in, st.swapped_in.rpartition(".")[2])
+
+    def _streams(self, flow: http.HTTPFlow) -> bool:
+        response = flow.response
+        assert response
+        if flow.request.method == "HEAD" or response.status_code < 200 or response.status_code in _NO_BODY:
+            return False
+        if response.stream:
+            return True
+        # mitmproxy buffers a body of unknown length until it outgrows stream_large_bodies, then streams the
+        # rest as is, with no hook in between: such a body is scanned as a stream from its first byte.
+        return self.settings.stream_large_bodies is not None and "content-length" not in response.headers
+
+    def _scan_stream(self, flow: http.HTTPFlow, echo: Echo) -> None:
+        response = flow.response
+        assert response
+        codings = [c.strip().lower() for c in response.headers.get("content-encoding", "").split(",")]
+        codings = [c for c in codings if c not in ("", "identity")]
+        decoders = [_decoder(c) for c in reversed(codings)]
+        if None in decoders:
+            # Compressed bytes cannot be searched, and this coding cannot be undone as it streams.
+            logger.error("streamed answer on %s in %r cannot be scanned: closed", logged_path(flow), codings)
+            flow.kill()
+            return
+        if codings:
+            # Decoded as it streams and passed on decoded: the client reads what the proxy has read.
+            del response.headers["content-encoding"]
+        # A handle is shorter than the JWT: the length is known only once the body has passed.
+        response.headers.pop("content-length", None)
+        if response.http_version == flow.request.http_version == "HTTP/1.1":
+            # Chunked rather than read-until-close: a body cut short then shows as such.
+            response.headers["transfer-encoding"] = "chunked"
+        response.stream = StreamedAnswer(Scanner(echo), [d for d in decoders if d])
 
 
-def redact_echoed_token(flow: http.HTTPFlow) -> None:
-    """Put the handle back wherever the API's response repeats the JWT it was given."""
-    assert flow.response
-    token = flow.request.headers.get("authorization", "").partition(" ")[2]
-    handle = token.rpartition(".")[2]
-    if not handle:
-        return
-    headers = flow.response.headers
-    for name in {name for name, value in headers.items(multi=True) if token in value}:
-        headers.set_all(name, [value.replace(token, handle) for value in headers.get_all(name)])
-    try:
-        body = flow.response.get_content()
-    except ValueError:
-        return  # undecodable: the client cannot read it either
-    if body and token.encode() in body:
-        flow.response.content = body.replace(token.encode(), handle.encode())
+def _redact_fields(headers: http.Headers, echo: Echo) -> None:
+    redacted = echo.redact_fields(headers.fields)
+    if redacted != headers.fields:
+        headers.fields = redacted
+
+
+class StreamedAnswer:
+    """mitmproxy's stream callable for an answer to a joined request: decoded, scanned, passed on. ``cut``:
+    the rest was withheld (a spelling that cannot be rewritten, a broken encoding)."""
+
+    def __init__(self, scanner: Scanner, decoders: Sequence[Decoder]) -> None:
+        self._scanner = scanner
+        self._decoders = decoders
+        self.cut = False
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
+        final = not chunk  # mitmproxy ends a stream with an empty chunk
+        if self.cut:
+            return []
+        try:
+            for decode in self._decoders:
+                chunk = decode(chunk, final)
+        except Exception as e:  # raised here, it would tear down the connection's handler
+            logger.error("streamed answer not decodable: %s", type(e).__name__)
+            self.cut = True
+            return []
+        out = self._scanner.feed(chunk, final)
+        self.cut = self._scanner.withheld
+        # An empty chunk would end a chunked body early: nothing is sent instead.
+        return [out] if out else []
+
+
+class _Inflate:
+    """gzip, zlib-wrapped deflate, or the raw deflate some servers send as "deflate" (as mitmproxy reads)."""
+
+    def __init__(self, raw_fallback: bool) -> None:
+        self._inflater = zlib.decompressobj(47)  # 32 + 15: a gzip or zlib header, detected
+        self._raw_fallback = raw_fallback
+        self._started = False
+
+    def __call__(self, chunk: bytes, final: bool) -> bytes:
+        if final:
+            return self._inflater.flush()
+        try:
+            out = self._inflater.decompress(chunk)
+        except zlib.error:
+            if self._started or not self._raw_fallback:
+                raise
+            self._inflater = zlib.decompressobj(-15)
+            out = self._inflater.decompress(chunk)
+        self._started = True
+        return out
+
+
+def _decoder(coding: str) -> Decoder | None:
+    """A decoder of one content coding, chunk by chunk; None for one mitmproxy does not read either."""
+    if coding in ("gzip", "x-gzip", "deflate"):
+        return _Inflate(raw_fallback=coding == "deflate")
+    if coding == "br":
+        brotli_decoder = brotli.Decompressor()
+        return lambda chunk, final: brotli_decoder.process(chunk)
+    if coding == "zstd":
+        zstd_decoder = zstd.ZstdDecompressor()
+        return lambda chunk, final: zstd_decoder.decompress(chunk) if chunk else b""
+    return None
+
+
+class Discovered:
+    """Endpoints that discovery documents passing through the proxy name as public (``_PUBLIC_METADATA``):
+    the key set, and the pages a browser opens. Only from the issuer's own document, at its well-known place
+    (OIDC Discovery §4, RFC 8414 §3), and only endpoints on the issuer's origin beneath its path: an API that
+    echoes a request back as JSON cannot make its own paths public."""
+
+    def __init__(self) -> None:
+        self._endpoints: dict[str, None] = {}  # origin + normalised path, oldest first
+
+    def serve(self, flow: http.HTTPFlow) -> bool:
+        return bool(self._endpoints) and flow.request.method == "GET" and endpoint(flow) in self._endpoints
+
+    def learn(self, flow: http.HTTPFlow) -> None:
+        request, response = flow.request, flow.response
+        if request.method != "GET" or response is None or response.status_code != 200:
+            return
+        path = normalised_path(request.path).partition("?")[0]
+        found = _DISCOVERY_DOCUMENT.search(path)
+        if not found or len(response.raw_content or b"") > _DISCOVERY_LIMIT:
+            return
+        try:
+            document = json.loads(response.get_content() or b"")
+        except ValueError:
+            return
+        issuer = document.get("issuer") if isinstance(document, dict) else None
+        if not isinstance(issuer, str):
+            return
+        issuer_url = urllib.parse.urlsplit(issuer)
+        # The names the client used for this server, or the server's own.
+        here = url.hostport(request.scheme, request.host, request.port)
+        names = {(request.host_header or "").lower(), here.lower()}
+        home = issuer_url.path.rstrip("/")
+        if issuer_url.netloc.lower() not in names or path not in (
+            f"{home}/.well-known/{found[1]}",
+            f"/.well-known/{found[1]}{home}",
+        ):
+            return
+        for name in _PUBLIC_METADATA:
+            named = document.get(name)
+            where = urllib.parse.urlsplit(named) if isinstance(named, str) else None
+            if where is None or where.netloc.lower() != issuer_url.netloc.lower():
+                continue
+            target = normalised_path(where.path)
+            if f"{target}/".startswith(f"{home}/"):
+                self._endpoints[origin(flow) + target] = None
+        while len(self._endpoints) > _DISCOVERED_KEPT:
+            del self._endpoints[next(iter(self._endpoints))]

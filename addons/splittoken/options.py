@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +27,31 @@ DEFAULT_TOKEN_FILTER = '~m POST & ~u "^[^?]*/token($|[?])"'
 DEFAULT_REVOKE_FILTER = '~m POST & ~u "^[^?]*/(revoke|revocation)($|[?])"'
 # RFC 7662: Keycloak …/token/introspect, oidc-provider /token/introspection.
 DEFAULT_INTROSPECT_FILTER = '~m POST & ~u "^[^?]*/(introspect|introspection)($|[?])"'
-# Discovery (RFC 8414, OIDC) and key sets: Keycloak and Google .../certs, Okta and Entra .../keys, Auth0
-# /.well-known/jwks.json.
-DEFAULT_PUBLIC_FILTER = (
-    '~m GET & (~u "^[^?]*/[.]well-known/" | ~u "^[^?]*/(certs|keys|jwks|jwks[.]json)($|[?])")'
-)
+# What an authorization server serves to anyone, by the names real providers give it (not any path that
+# merely ends in /keys): discovery documents (OIDC at the issuer's path, RFC 8414 and RFC 9728 after
+# /.well-known/), key sets (Keycloak …/openid-connect/certs, Okta /oauth2[/{server}]/v1/keys, Entra and
+# ADFS /{tenant}/discovery[/v2.0]/keys, Google /oauth2/v3/certs, Auth0 and Cognito …/.well-known/jwks.json,
+# oidc-provider /jwks) and the pages a browser opens without credentials (authorization endpoints: Keycloak
+# …/openid-connect/auth and /logout, Okta …/v1/authorize, Entra /{tenant}/oauth2[/v2.0]/authorize, Google
+# /o/oauth2/v2/auth, Auth0 /authorize, oidc-provider /auth). Matched on the path as the server reads it;
+# a discovery document passing through adds the endpoints it names (api_route.Discovered).
+_PUBLIC_PATHS = "|".join((
+    "(/[^?]*)?/[.]well-known/(openid-configuration|oauth-authorization-server|jwks[.]json)",
+    "/[.]well-known/(openid-configuration|oauth-authorization-server|oauth-protected-resource)(/[^?]*)?",
+    "(/auth)?/realms/[^/?]+/protocol/openid-connect/(auth|certs|logout)",
+    "/oauth2(/[^/?]+)?/v1/(keys|authorize)",
+    "/[^/?]+/discovery(/v2[.]0)?/keys",
+    "/[^/?]+/oauth2(/v2[.]0)?/authorize",
+    "/oauth2/v[13]/certs",
+    "/o/oauth2(/v2)?/auth",
+    "/(jwks|auth|authorize)",
+))  # fmt: skip
+DEFAULT_PUBLIC_FILTER = f'~m GET & ~u "^[a-z]+://[^/?#]+({_PUBLIC_PATHS})([?]|$)"'
+
+
+# A serialized origin (RFC 6454 §6.2): a scheme, a host (a name, an IPv4 or a bracketed IPv6 address) and
+# an optional port; "null" (sandboxed pages) is no origin to trust.
+_ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://([a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\])(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -60,9 +81,21 @@ OPTIONS: tuple[Option, ...] = (
         instead of being answered 401. Default: OAuth/OIDC discovery documents and key sets, which
         clients fetch without credentials. A request that does carry a handle is re-joined as usual.
         """),
+    Option("splittoken_cors_origins", Sequence[str], [], """
+        Browser origins (scheme://host[:port]) that may read the answers the proxy makes itself (401, 400,
+        503, 502, 504), with credentials; '*' lets any origin read them without. Without it an origin may
+        read what the upstream lets it read on the same route.
+        """),
     Option("splittoken_store", str, "",
            "Where handles live: a directory (diskcache; default: splittoken-store under confdir) "
            "or redis://[:password@]host:port/db (also rediss://)."),
+    Option("splittoken_cache_size", int, 4096, """
+        Opened access records kept in memory (entries, about 1 KiB each; 0: none), so that a join of a
+        recently used handle needs no store read and no unsealing. A record that any proxy revokes or replaces
+        is dropped within 100 ms (Redis: client tracking; a directory: a change log polled every 20 ms), and
+        while the store cannot say what changed, nothing is answered from memory. Redis Sentinel and Cluster
+        stores cache nothing.
+        """),
     Option("splittoken_store_timeout_ms", int, 1000,
            "How long a store call may take before the proxy answers 503 (Redis socket timeout, "
            "diskcache busy timeout)."),
@@ -78,14 +111,17 @@ OPTIONS: tuple[Option, ...] = (
            "JWS algorithms a token may be signed with; others are refused (alg none always is)."),
     Option("splittoken_jwks_url", str, "",
            "If set, verify each token's signature against this JWKS before storing it."),
-    Option("splittoken_redact_api_responses", bool, False,
-           "Replace the re-joined JWT with its handle wherever an API's response echoes it back (debug "
-           "endpoints, error pages). Off by default: the demo's echo API shows what the API received."),
+    Option("splittoken_redact_api_responses", bool, True, """
+        Replace the re-joined JWT (or its signing input or claims) with its handle wherever an API's answer
+        repeats it, in headers and body, as is, JSON-escaped or percent-encoded, streamed answers included;
+        an answer that would still show it is refused (502). Off only to see what the API received (the
+        demo turns it off).
+        """),
     Option("splittoken_allow_client_jwt", bool, False,
            "Let clients present a full JWT on API routes (forwarded unchanged); for migrations only."),
-    Option("splittoken_log_joins", bool, True,
-           "Log one line per re-joined API request. Each log line costs mitmproxy tens of microseconds "
-           "(it is dispatched to every addon): turn off at high request rates; flow comments remain."),
+    Option("splittoken_log_joins", bool, False,
+           "Also log one line per re-joined API request (off by default: each log line costs mitmproxy tens "
+           "of microseconds, dispatched to every addon; flow comments and the audit trail remain)."),
     Option("splittoken_max_body", int, 1024 * 1024,
            "Largest token endpoint response, in bytes, that is parsed; larger ones are refused (502)."),
 )  # fmt: skip
@@ -104,6 +140,7 @@ class Settings:
     public_filter: flowfilter.TFilter | None
     store: str  # a directory or a Redis URL, resolved against confdir
     store_timeout: float  # seconds
+    cache_size: int  # opened records kept in memory; 0: none
     max_ttl: int
     refresh_max_ttl: int
     refresh_grace: int
@@ -114,6 +151,8 @@ class Settings:
     allow_client_jwt: bool
     log_joins: bool
     max_body: int
+    cors_origins: frozenset[str] = frozenset()  # lower case; "*" for any origin
+    stream_large_bodies: int | None = None  # mitmproxy streams bodies larger than this (bytes)
     warnings: tuple[str, ...] = ()  # accepted, but worth telling the operator
 
 
@@ -126,6 +165,7 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
     """Settings from option values (``ctx.options`` or any mapping with every ``splittoken_*`` name and
     ``confdir``). Raises OptionInvalid for the first value the proxy refuses to run with."""
     api_spec = _text(values, "splittoken_api_filter")
+    streamed = _stream_threshold(values)
     warnings = ()
     if unanchored_domain(api_spec):
         warnings = (
@@ -140,6 +180,7 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
         public_filter=parse_filter(values, "splittoken_public_filter"),
         store=_store(values),
         store_timeout=_count(values, "splittoken_store_timeout_ms", minimum=1) / 1000,
+        cache_size=_count(values, "splittoken_cache_size", minimum=0),
         max_ttl=_count(values, "splittoken_max_ttl", minimum=1),
         refresh_max_ttl=_count(values, "splittoken_refresh_max_ttl", minimum=1),
         refresh_grace=_count(values, "splittoken_refresh_grace", minimum=0),
@@ -149,7 +190,9 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
         redact_api_responses=_flag(values, "splittoken_redact_api_responses"),
         allow_client_jwt=_flag(values, "splittoken_allow_client_jwt"),
         log_joins=_flag(values, "splittoken_log_joins"),
-        max_body=_max_body(values),
+        max_body=_max_body(values, streamed),
+        cors_origins=_cors_origins(values),
+        stream_large_bodies=streamed,
         warnings=warnings,
     )
 
@@ -215,21 +258,37 @@ def _algorithms(values: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(chosen)
 
 
-def _max_body(values: Mapping[str, Any]) -> int:
-    limit = _count(values, "splittoken_max_body", minimum=1)
+def _stream_threshold(values: Mapping[str, Any]) -> int | None:
     # proxyserver's option: absent where that addon is not loaded (a bare test context).
     streamed = values.get("stream_large_bodies") if isinstance(values, Mapping) else getattr(
         values, "stream_large_bodies", None
     )
+    return human.parse_size(streamed) if streamed else None
+
+
+def _max_body(values: Mapping[str, Any], streamed: int | None) -> int:
+    limit = _count(values, "splittoken_max_body", minimum=1)
     # mitmproxy streams any body larger than stream_large_bodies, re-checking as it arrives, and a streamed
     # token response would pass before the proxy could split it: no token response may be that large.
-    if streamed and (size := human.parse_size(streamed)) is not None and size < limit:
+    if streamed is not None and streamed < limit:
         raise OptionInvalid(
             "stream_large_bodies",
-            f"{streamed} would stream token responses past the split-token addon; set it to at least "
-            f"splittoken_max_body ({limit} bytes), or lower splittoken_max_body",
+            f"{_value(values, 'stream_large_bodies')} would stream token responses past the split-token "
+            f"addon; set it to at least splittoken_max_body ({limit} bytes), or lower splittoken_max_body",
         )
     return limit
+
+
+def _cors_origins(values: Mapping[str, Any]) -> frozenset[str]:
+    """Origins as browsers send them (RFC 6454: scheme://host[:port], no path); '*' for any."""
+    name = "splittoken_cors_origins"
+    chosen = _value(values, name)
+    if isinstance(chosen, str) or not all(isinstance(o, str) for o in chosen):
+        raise OptionInvalid(name, f"must be a list of origins, not {chosen!r}")
+    for entry in chosen:
+        if entry != "*" and not _ORIGIN.fullmatch(entry):
+            raise OptionInvalid(name, f"not an origin (scheme://host[:port], no path): {entry[:80]!r}")
+    return frozenset(o.lower() for o in chosen)
 
 
 def _jwks_url(values: Mapping[str, Any]) -> str:

@@ -5,12 +5,15 @@ Pure: no I/O, no mitmproxy. The shell (addon.py) turns a Refusal into an HTTP re
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import math
 import re
 import urllib.parse
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +89,11 @@ def bad_gateway(description: str) -> Refusal:
     return Refusal(502, "server_error", f"authorization server response refused: {description}")
 
 
+def api_response_refused(description: str) -> Refusal:
+    # The API answered with the JWT the proxy put in, in a form the proxy cannot take out.
+    return Refusal(502, "server_error", f"API response refused: {description}")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # What a client presents on an API route
 
@@ -129,6 +137,32 @@ def read_handle(value: object) -> str | None:
     if isinstance(value, str) and len(value) <= MAX_HANDLE_LENGTH and _HANDLE.fullmatch(value):
         return value
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Client authentication at the token endpoint
+
+
+_CLIENT_CREDENTIALS = ("client_id", "client_secret", "client_assertion_type", "client_assertion")
+
+
+def client_authentication(authorization: str, fields: Mapping[str, Any]) -> str:
+    """Who a token request says its client is, and how it proves it: the client id and a digest of every
+    credential it presents (HTTP Basic, ``client_secret``: RFC 6749 §2.3.1; ``client_assertion``: RFC 7523).
+    Two requests with the same value authenticate the same way; it holds a digest, never the credentials.
+    A client_assertion is single-use (its ``jti``), so only a request repeating the very same one matches."""
+    client_id = fields.get("client_id")
+    client_id = client_id if isinstance(client_id, str) else ""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            user = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            user = ""
+        client_id = urllib.parse.unquote_plus(user) or client_id
+    presented = [authorization.strip(), *(fields.get(name) for name in _CLIENT_CREDENTIALS)]
+    digest = hashlib.sha256(json.dumps(presented).encode()).hexdigest()
+    return f"{client_id}#{digest}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -287,10 +321,31 @@ def leaked_jws(fields: dict[str, Any], *, allowed: str | None) -> bool:
 
 def _unescaped(text: str) -> Iterator[str]:
     yield text
-    if "\\" in text:
-        yield _JSON_ESCAPE.sub(_unescape, text)
-    if "%" in text or "+" in text:
-        yield urllib.parse.unquote_plus(text)
+    unescaped = _JSON_ESCAPE.sub(_unescape, text) if "\\" in text else text
+    if unescaped != text:
+        yield unescaped
+    # Percent-decoded as is, and once its JSON escapes are undone: a URL in a JSON string (\u0025 is "%").
+    for reading in dict.fromkeys((text, unescaped)):
+        if "%" in reading or "+" in reading:
+            yield urllib.parse.unquote_plus(reading)
+
+
+def quotes(message: bytes | str, secret: str) -> bool:
+    """Whether a body or header value holds ``secret`` in a form a client could read: as is, JSON-escaped
+    (``\\u`` escapes included), percent-encoded, or one inside the other; a body in any Unicode encoding a
+    JSON parser would detect."""
+    texts = readings(message) if isinstance(message, bytes) else _unescaped(message)
+    return any(secret in reading for text in texts for reading in _unescaped(text))
+
+
+def scrubbed(raw: bytes, headers: Iterable[str], secret: str, handle: str) -> bytes | None:
+    """An answer's body with ``secret``, a real token the proxy put into the request, replaced by ``handle``
+    wherever it stands as is; None when the answer still holds it in a form a client could read (escaped,
+    percent-encoded, in a header), and must be refused."""
+    clean = raw.replace(secret.encode(), handle.encode())
+    if quotes(clean, secret) or any(quotes(value, secret) for value in headers):
+        return None
+    return clean
 
 
 # ---------------------------------------------------------------------------------------------------------

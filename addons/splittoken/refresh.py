@@ -1,32 +1,53 @@
-"""Refresh grants: a refresh handle goes out as the real refresh token, one flight per handle.
+"""Refresh grants: a refresh handle goes out as the real refresh token, one flight per handle and client.
 
-Concurrent refreshes of one handle share one upstream call; a handle just replaced by rotation answers late
-or concurrent refreshes with its successor's answer for a grace period, so that two tabs refreshing at once
-do not log each other out.
+Concurrent refreshes of one handle with the same client authentication share one upstream call; a handle just
+replaced by rotation answers late or concurrent refreshes of the client that rotated it with the rotation's
+answer for a grace period, so that two tabs refreshing at once do not log each other out. A request with any
+other client authentication gets neither: it goes to the authorization server with the real refresh token it
+would have had, and gets the server's verdict (a stolen handle and a wrong secret: 401 invalid_client).
+
+The handles of one rotation chain are linked (a rotated handle's answer holds its successor), so that
+revoking any of them ends the chain, and a revocation landing while a refresh is in flight wins.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from dataclasses import dataclass
 
 from mitmproxy import http
 
 from . import policy
 from .answers import Answers, to_response, token_answer
+from .errors import Unparseable
 from .policy import Refusal, TokenBody
 from .routing import issued_here
 from .seal import Record, store_key
 from .state import FlowState
 from .vault import Vault
 
-# How long a client waiting on another client's refresh of the same handle waits before giving up.
+# How long a client waiting on another request's refresh of the same handle waits before giving up.
 REFRESH_WAIT_SECONDS = 60.0
+# Links followed from a rotated handle to its chain's current one: more rotations than a grace period sees.
+CHAIN_LIMIT = 16
+
+
+@dataclass
+class Flight:
+    """A refresh under way: the request that went upstream, and its answer for those waiting on it."""
+
+    leader: str  # the flow's id
+    client: str  # its client authentication: only requests with the same one share its answer
+    answer: asyncio.Future[http.Response | None]  # None: given up, each waiting request goes on its own
+    successor: str = ""  # the refresh handle its answer handed out in place of the rotated one
+    withheld: str = ""  # the real refresh token of an answer withheld because a revocation won
 
 
 # Refreshes under way, by refresh handle. Owned by the shell, so that flights in the air survive
 # reconfiguration.
-Flights = dict[str, asyncio.Future[http.Response]]
+Flights = dict[str, Flight]
 
 
 class Refreshes:
@@ -42,64 +63,187 @@ class Refreshes:
         handle = policy.read_handle(body.fields["refresh_token"])
         if handle is None:
             return answers.refuse(flow, st, policy.invalid_grant("unknown refresh token"))
-        if running := self._flights.get(handle):
-            # Someone is refreshing this very handle: wait for their answer instead of racing them.
-            return await self._share(flow, st, running)
-        # Claimed before the first await, so that a second refresh arriving meanwhile waits for this one.
-        self._flights[handle] = asyncio.get_running_loop().create_future()
+        st.client = policy.client_authentication(flow.request.headers.get("authorization", ""), body.fields)
+        while (running := self._flights.get(handle)) and running.client == st.client:
+            # The same client is refreshing this very handle already: wait for that answer, not race it.
+            if await self._share(flow, st, running):
+                return
+        if handle not in self._flights:  # else another client's refresh holds it: this one runs beside it
+            # Claimed before the first await, so that a refresh arriving meanwhile waits for this one.
+            loop = asyncio.get_running_loop()
+            self._flights[handle] = Flight(flow.id, st.client, loop.create_future())
         st.refresh_handle = handle
         record = await self.vault.find(handle)
         if record is None or record.kind == "access" or not issued_here(record.issuer, flow):
             return answers.refuse(flow, st, policy.invalid_grant("unknown, expired or revoked refresh token"))
-        if record.kind == "rotated":
-            return self._replay(flow, st, record, "replayed the answer to a rotation")
-        body.fields["refresh_token"] = record.secret
+        if record.kind == "refresh":
+            return self._swap(flow, st, body, handle, record.secret)
+        if record.client == st.client:
+            if await self._alive(handle, record):
+                return self._replay(flow, st, record, "replayed the answer to a rotation")
+            return answers.refuse(flow, st, policy.invalid_grant("refresh token revoked"))
+        # The rotation's answer is not for this client. Its rotation is over: it goes on its own, as itself.
+        self._land(flow, handle, None)
+        st.refresh_handle = ""
+        if not record.refresh_token:  # a record older than the field: nothing to send
+            return answers.refuse(flow, st, policy.invalid_grant("unknown, expired or revoked refresh token"))
+        self._swap(flow, st, body, handle, record.refresh_token)
+
+    def _swap(self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, handle: str, real: str) -> None:
+        body.fields["refresh_token"] = st.swapped_in = real
+        st.swapped_for = handle
         flow.request.content = body.render()
-        st.refresh_digest = store_key(record.secret)  # a digest, not the token: metadata is saved with flows
+        st.refresh_digest = store_key(real)  # a digest, not the token: metadata is saved with flows
         self.counters["refreshes"] += 1
 
-    async def _share(
-        self, flow: http.HTTPFlow, st: FlowState, running: asyncio.Future[http.Response]
-    ) -> None:
-        answers = self.answers
+    async def _share(self, flow: http.HTTPFlow, st: FlowState, running: Flight) -> bool:
+        """Wait for the answer of a flight: True when the flow got it (or gave up waiting)."""
         try:
-            answer = await asyncio.wait_for(asyncio.shield(running), REFRESH_WAIT_SECONDS)
+            answer = await asyncio.wait_for(asyncio.shield(running.answer), REFRESH_WAIT_SECONDS)
         except TimeoutError:
-            return answers.refuse(
-                flow, st, Refusal(504, "temporarily_unavailable", "refresh still under way")
-            )
-        answers.answer(
+            refusal = Refusal(504, "temporarily_unavailable", "refresh still under way")
+            self.answers.refuse(flow, st, refusal)
+            return True
+        if answer is None:
+            return False
+        self.answers.answer(
             flow, st, answer.copy(), "shared a concurrent refresh", refused=answer.status_code >= 400
         )
+        return True
 
     def settle(self, flow: http.HTTPFlow, st: FlowState, answer: http.Response | None = None) -> None:
         """The flight of this flow's refresh is over: clients waiting on it get the same answer."""
         handle, st.refresh_handle = st.refresh_handle, ""
-        running = self._flights.pop(handle, None) if handle else None
-        if running and not running.done():
-            running.set_result(answer or flow.response or to_response(policy.bad_gateway("no response")))
+        if handle:
+            self._land(flow, handle, answer or flow.response or to_response(policy.bad_gateway("no answer")))
+
+    def _led(self, flow: http.HTTPFlow, handle: str) -> Flight | None:
+        """The flight of ``handle`` if ``flow`` leads it: another flow's refresh of the same handle (another
+        client's) runs beside it and must not end it."""
+        running = self._flights.get(handle)
+        return running if running and running.leader == flow.id else None
+
+    def _land(self, flow: http.HTTPFlow, handle: str, answer: http.Response | None) -> None:
+        if running := self._led(flow, handle):
+            del self._flights[handle]
+            if not running.answer.done():
+                running.answer.set_result(answer)
 
     async def refused(self, flow: http.HTTPFlow, st: FlowState) -> None:
         """The authorization server refused the refresh token behind the flow's handle. If another proxy on
-        the same store rotated it meanwhile, its answer is there to replay; otherwise the handle is dead."""
+        the same store rotated it meanwhile, its answer is there to replay to the same client; otherwise the
+        handle is dead, unless another request of it is still in flight here (it is the one that counts)."""
         handle = st.refresh_handle
         current = await self.vault.find(handle)
         if current is None:
             return
         if current.kind == "rotated":
-            self._replay(flow, st, current, "replayed a rotation made by another proxy")
+            if current.client == st.client and await self._alive(handle, current):
+                self._replay(flow, st, current, "replayed a rotation made by another proxy")
         elif store_key(current.secret) == st.refresh_digest:
-            await self.vault.forget(handle)
+            beside = handle in self._flights and not self._led(flow, handle)
+            if not beside:
+                await self.vault.forget(handle)
 
     def _replay(self, flow: http.HTTPFlow, st: FlowState, rotated: Record, note: str) -> None:
         self.answers.answer(flow, st, token_answer(rotated.secret.encode()), note, refused=False)
 
-    async def retire(self, handle: str, replay: Record, grace: int) -> None:
-        """A rotated refresh handle keeps answering with its successor's answer for ``grace`` seconds."""
+    async def revoked_meanwhile(self, flow: http.HTTPFlow, st: FlowState, withheld: str) -> bool:
+        """Whether the flow's refresh handle was revoked while its refresh was in flight, here or by another
+        proxy on the store: then the answer's handles are not handed out. ``withheld``, the real refresh
+        token of that answer, goes to a revocation waiting here on this flight, to be revoked instead."""
+        if await self.vault.find(st.refresh_handle) is not None:
+            return False
+        if running := self._led(flow, st.refresh_handle):
+            running.withheld = withheld
+        return True
+
+    async def retire(
+        self, flow: http.HTTPFlow, st: FlowState, successor: str, replay: Record, grace: int
+    ) -> None:
+        """The flow's refresh handle was rotated into ``successor``: for ``grace`` seconds it keeps answering
+        its client with the rotation's answer, ``replay``."""
+        if running := self._led(flow, st.refresh_handle):
+            running.successor = successor
         if grace:
-            await self.vault.keep(handle, replay)
+            await self.vault.keep(st.refresh_handle, replay)
         else:
-            await self.vault.forget(handle)
+            await self.vault.forget(st.refresh_handle)
+
+    async def end(self, handle: str, record: Record) -> str | None:
+        """Revoke a refresh handle: every handle of its rotation chain from it on is forgotten, and the
+        chain's current real refresh token is returned, for the authorization server to revoke (None when
+        the chain had ended already). A refresh of the current handle in flight here is waited for, so that
+        what it brings ends too: its answer is withheld, or if it was handed out, the chain goes on from
+        there."""
+        chain = await self._chain(handle, record)
+        for link, _ in chain:
+            await self.vault.forget(link)
+        current, last = chain[-1]
+        real = last.secret if last.kind == "refresh" else None
+        running = self._flights.get(current)
+        if running is None:
+            return real
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(running.answer), REFRESH_WAIT_SECONDS)
+        if running.withheld:
+            return running.withheld
+        # The flight may have rotated the handle before it saw the revocation: that record goes too, and the
+        # chain goes on from the successor it handed out.
+        await self.vault.forget(current)
+        if running.successor and (successor := await self.vault.find(running.successor)):
+            return await self.end(running.successor, successor)
+        return real
+
+    async def _chain(self, handle: str, record: Record) -> list[tuple[str, Record]]:
+        """The rotation chain from ``handle`` on, to its current refresh handle (kind "refresh", last), or to
+        where it breaks off: a successor revoked or expired, or further than CHAIN_LIMIT."""
+        chain = [(handle, record)]
+        while record.kind == "rotated" and len(chain) <= CHAIN_LIMIT:
+            successor = _successor(record)
+            found = await self.vault.find(successor) if successor else None
+            if found is None or found.kind == "access":
+                break
+            handle, record = successor, found
+            chain.append((handle, record))
+        return chain
+
+    async def _alive(self, handle: str, rotated: Record) -> bool:
+        """Whether a rotated handle's chain still ends in a live refresh handle: its replay hands one out."""
+        chain = await self._chain(handle, rotated)
+        return chain[-1][1].kind == "refresh"
+
+
+def _successor(rotated: Record) -> str | None:
+    """The refresh handle the answer of a rotation gave: the next link of the chain."""
+    try:
+        fields = TokenBody.parse("", rotated.secret.encode()).fields
+    except Unparseable:
+        return None
+    return policy.read_handle(fields.get("refresh_token"))
+
+
+def swapped_out(answers: Answers, flow: http.HTTPFlow, st: FlowState, body: bytes) -> bytes | None:
+    """``body``, the client's answer to a request the proxy put a real token into (a refresh, a revocation),
+    with that token replaced by its handle. None, the answer refused, when the token is still there in a
+    form a client could read (escaped, percent-encoded, in a header)."""
+    if not st.swapped_in:
+        return body
+    assert flow.response
+    headers = [value for _, value in flow.response.headers.items(multi=True)]
+    clean = policy.scrubbed(body, headers, st.swapped_in, st.swapped_for)
+    if clean is None:
+        answers.refuse(flow, st, policy.bad_gateway("an answer quoting the token the proxy sent"))
+    return clean
+
+
+def pass_on(answers: Answers, flow: http.HTTPFlow, st: FlowState, raw: bytes) -> None:
+    """The authorization server's answer, ``raw`` its decoded body, goes to the client as the server wrote
+    it, but without the real token the proxy put into the request (``swapped_out``)."""
+    assert flow.response
+    clean = swapped_out(answers, flow, st, raw)
+    if clean is not None and clean != raw:
+        flow.response.content = clean
 
 
 def refresh_expiry(body: TokenBody, now: float, max_ttl: int) -> float:

@@ -1,7 +1,9 @@
 """Revocation (RFC 7009): a handle is forgotten here, and the real token revoked at the authorization server.
 
-Some servers refuse to revoke JWT access tokens (oidc-provider: unsupported_token_type). Only the proxy held
-the JWT, and it has forgotten it: for the client the token is revoked, and it is told so.
+Revoking a refresh handle logs out: whichever handle of a rotation chain it is (the current one, or one still
+in its grace period), the whole chain is forgotten and the chain's current refresh token is what the server
+revokes. Some servers refuse to revoke JWT access tokens (oidc-provider: unsupported_token_type). Only the
+proxy held the JWT, and it has forgotten it: for the client the token is revoked, and it is told so.
 """
 
 from __future__ import annotations
@@ -11,21 +13,27 @@ from collections import Counter
 
 from mitmproxy import http
 
-from . import jws, policy
+from . import policy
 from .answers import Answers, annotate
-from .messages import error_code, request_body
+from .errors import SplitTokenError
+from .messages import decoded, error_code, request_body
+from .refresh import Refreshes, pass_on
 from .routing import may_revoke_here
 from .state import FlowState, redact
 from .vault import Vault
 
 logger = logging.getLogger("splittoken")
 
+# Revocation answers are empty or small error objects.
+_ANSWER_LIMIT = 1024 * 1024
+
 
 class RevokeRoute:
-    def __init__(self, vault: Vault, answers: Answers, counters: Counter[str]) -> None:
+    def __init__(self, vault: Vault, answers: Answers, counters: Counter[str], refreshes: Refreshes) -> None:
         self.vault = vault
         self.answers = answers
         self.counters = counters
+        self.refreshes = refreshes
 
     async def request(self, flow: http.HTTPFlow, st: FlowState) -> None:
         body = request_body(flow.request)
@@ -38,21 +46,34 @@ class RevokeRoute:
             # another server than the one that issued it): the server decides, and RFC 7009 §2.2 has it
             # answer 200 for tokens it does not know, so nothing leaks.
             return
-        await self.vault.forget(handle)
+        if record.kind == "access":
+            await self.vault.forget(handle)
+            real: str | None = record.real_token(handle)
+        else:
+            real = await self.refreshes.end(handle, record)
         self.counters["revocations"] += 1
         st.event, st.handle, st.revoked_kind = "revoked", redact(handle), record.kind
         logger.info("revoked %s handle %s", record.kind, redact(handle))
-        if record.kind == "rotated":
-            note = f"revoked rotated handle {redact(handle)}"
+        if real is None:
+            note = f"revoked {record.kind} handle {redact(handle)}, whose chain had ended"
             return self.answers.answer(flow, st, http.Response.make(200), note, refused=False)
-        body.fields["token"] = jws.join(record.secret, handle) if record.kind == "access" else record.secret
+        body.fields["token"] = st.swapped_in = real
+        st.swapped_for = handle
         if "token_type_hint" in body.fields:
-            body.fields["token_type_hint"] = f"{record.kind}_token"
+            body.fields["token_type_hint"] = "access_token" if record.kind == "access" else "refresh_token"
         flow.request.content = body.render()
         annotate(flow, f"revoked {record.kind} handle {redact(handle)}")
 
     def response(self, flow: http.HTTPFlow, st: FlowState) -> None:
         assert flow.response
+        if st.swapped_in:
+            try:
+                raw = decoded(flow.response, _ANSWER_LIMIT)
+            except SplitTokenError:
+                return self.answers.refuse(flow, st, policy.bad_gateway("unreadable revocation answer"))
+            pass_on(self.answers, flow, st, raw)
+            if st.answered:
+                return
         if (
             st.revoked_kind == "access"
             and flow.response.status_code == 400

@@ -11,6 +11,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from mitmproxy import http
+from mitmproxy.flowfilter import TFilter
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .options import Settings
@@ -47,6 +48,17 @@ def classify(flow: http.HTTPFlow, settings: Settings) -> Classified:
         request.path = raw
 
 
+def matches(flow_filter: TFilter, flow: http.HTTPFlow) -> bool:
+    """One filter's verdict on the path as the server reads it (``normalised_path``), as ``classify``'s."""
+    request = flow.request
+    raw = request.path
+    request.path = normalised_path(raw)
+    try:
+        return bool(flow_filter(flow))
+    finally:
+        request.path = raw
+
+
 class AuthorizationServers:
     """Where token endpoints have answered with tokens: their origin and directory (``…/openid-connect/``).
     Requests going there on other routes are answered as the authorization server's, whatever their path."""
@@ -74,6 +86,8 @@ def is_endpoint_request(route: Route, body: TokenBody | None, authorization: str
     wanted = "grant_type" if route == "token" else "token"
     if not isinstance(body.fields.get(wanted), str):
         return False
+    if route == "token" and body.fields["grant_type"] == "refresh_token":
+        return True  # RFC 6749 §6: a public client refreshes without identifying itself
     scheme = authorization.strip().partition(" ")[0].lower()
     # RFC 7662 §2.1: a protected resource may authenticate its introspection calls with a bearer token.
     if scheme == "basic" or (route == "introspect" and scheme == "bearer"):

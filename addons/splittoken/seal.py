@@ -28,8 +28,9 @@ _NONCE_BYTES = 12
 
 # access: secret is "header.payload" of the JWT whose signature is the handle.
 # refresh: secret is the real refresh token.
-# rotated: a refresh handle just replaced by rotation; secret is the answer its successor got, replayed to
-#          late or concurrent refreshes within the grace period.
+# rotated: a refresh handle just replaced by rotation; secret is the answer the rotation got (it holds the
+#          successor's refresh handle), replayed to late or concurrent refreshes of the same client within the
+#          grace period.
 RecordKind = Literal["access", "refresh", "rotated"]
 
 
@@ -42,13 +43,21 @@ class Record:
     # URL (origin and normalised path) of the token endpoint that issued the token: a refresh carrying this
     # handle is swapped only on its way back there, a revocation or introspection only beside it.
     issuer: str = ""
+    # rotated: the client authentication (policy.client_authentication) of the refresh that rotated it, the
+    # only one its answer is replayed to, and the real refresh token the handle stood for, which any other
+    # request carries to the authorization server for its verdict. Empty in records older than these fields.
+    client: str = ""
+    refresh_token: str = ""
 
     def expired(self, now: float, leeway: float = 0) -> bool:
         return self.expires_at + leeway <= now
 
     def real_token(self, handle: str) -> str:
-        """The token the authorization server issued for ``handle`` (access: the JWT it was cut from)."""
-        return f"{self.secret}.{handle}" if self.kind == "access" else self.secret
+        """The token the authorization server issued for ``handle`` (access: the JWT it was cut from;
+        rotated: the refresh token it replaced, empty in older records)."""
+        if self.kind == "access":
+            return f"{self.secret}.{handle}"
+        return self.refresh_token if self.kind == "rotated" else self.secret
 
 
 def store_key(handle: str) -> str:

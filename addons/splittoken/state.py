@@ -46,6 +46,8 @@ class FlowState:
     # Secrets: never published.
     refresh_handle: str = _secret()  # the refresh handle this flow presented, while its refresh is in flight
     swapped_in: str = _secret()  # the real token the proxy put into this request: it must not come back
+    swapped_for: str = _secret()  # the handle swapped_in stands for: what its answer may show instead
+    client: str = _secret()  # a refresh's client authentication (policy.client_authentication)
 
     def publish(self, metadata: dict[str, Any]) -> None:
         metadata[META] = {

@@ -21,12 +21,29 @@ from urllib.parse import unquote, urlsplit
 
 import diskcache
 import redis
+from redis._parsers import _RESP3Parser
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from .errors import StoreUnavailable
+
+
+class Changes(Protocol):
+    """A store's account of which records changed, for a cache of opened records (cache.RecordCache): every
+    record key that any client of the store deleted or overwrote. Called from one thread."""
+
+    def wait(self, seconds: float) -> tuple[float, frozenset[str] | None]:
+        """Wait up to about ``seconds`` for news, then answer ``(confirmed, keys)``: the keys changed since
+        the previous call (None: possibly any, as after connecting), and a time.monotonic() reading such that
+        every change made before it is among the keys reported so far. Returns early when a change arrives.
+        Raises StoreUnavailable when the feed is lost: changes may have gone unreported."""
+        ...
+
+    def close(self) -> None:
+        """Stop: a wait() in progress on another thread returns or raises soon after."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,10 @@ class Store(Protocol):
 
     def purge(self) -> int: ...
 
+    def changes(self) -> Changes | None:
+        """A new feed of changed records; None when this store cannot tell reliably (no cache then)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -79,6 +100,24 @@ def _check_lease(owner: str, ttl_seconds: float) -> None:
 
 
 _DISK_ERRORS = (sqlite3.Error, OSError, diskcache.Timeout)
+
+# Records deleted or overwritten, for the record caches of every process on the directory (_DiskChanges): a
+# table in the records' own database, filled by triggers on diskcache's own table (whose rows are the
+# records: key, value, store_time), so that a change and its entry commit in one transaction whoever makes it
+# (another proxy, the admin CLI), no crash can leave a change unannounced, and a new record (a split) costs
+# nothing more. Expiry's deletions are logged too, harmlessly. Entries are dropped by purge() after
+# CHANGE_LOG_SECONDS, far longer than a feed that is still trusted can lag behind.
+_CHANGES_TABLE = "splittoken_changes"
+CHANGE_LOG_SECONDS = 600
+_NOW = "(julianday('now') - 2440587.5) * 86400.0"  # Unix time in SQLite before unixepoch('subsec') (3.42)
+_CHANGE_LOG_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {_CHANGES_TABLE} "
+    "(seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, at REAL NOT NULL)",
+    f"CREATE TRIGGER IF NOT EXISTS {_CHANGES_TABLE}_update AFTER UPDATE OF value, store_time ON Cache "
+    f"BEGIN INSERT INTO {_CHANGES_TABLE} (key, at) VALUES (old.key, {_NOW}); END",
+    f"CREATE TRIGGER IF NOT EXISTS {_CHANGES_TABLE}_delete AFTER DELETE ON Cache "
+    f"BEGIN INSERT INTO {_CHANGES_TABLE} (key, at) VALUES (old.key, {_NOW}); END",
+)
 
 
 class DiskStore:
@@ -108,6 +147,8 @@ class DiskStore:
                 str(self.directory / "leases"), timeout=timeout, eviction_policy="none", statistics=False,
                 sqlite_mmap_size=0, sqlite_cache_size=64,
             )  # fmt: skip
+            for statement in _CHANGE_LOG_SCHEMA:
+                self._cache._sql(statement)
         except _DISK_ERRORS as e:
             raise StoreUnavailable(f"cannot open store directory {self.directory}: {e}") from None
 
@@ -179,11 +220,53 @@ class DiskStore:
         """Expired records (counted in the answer) and leases (whose holders died) are dropped."""
         with self._calling("purge"):
             self._leases.expire(retry=False)
+            horizon = time.time() - CHANGE_LOG_SECONDS
+            self._cache._sql(f"DELETE FROM {_CHANGES_TABLE} WHERE at < ?", (horizon,))
             return self._cache.expire(retry=False)
+
+    def changes(self) -> _DiskChanges:
+        return _DiskChanges(self)
 
     def close(self) -> None:
         self._cache.close()
         self._leases.close()
+
+
+class _DiskChanges:
+    """Polls the change log: most of the time one indexed query that finds nothing (some 10 µs)."""
+
+    def __init__(self, store: DiskStore) -> None:
+        self._store = store
+        self._seen: int | None = None  # seq of the last entry reported; None: not started, or failed
+        self._closed = threading.Event()
+
+    def wait(self, seconds: float) -> tuple[float, frozenset[str] | None]:
+        if self._seen is not None and self._closed.wait(seconds):
+            raise StoreUnavailable("change feed closed")
+        # Before the query: its snapshot holds every change committed by now.
+        confirmed = time.monotonic()
+        sql = self._store._cache._sql
+        try:
+            with self._store._calling("change feed read"):
+                if self._seen is None:
+                    (self._seen,) = sql(f"SELECT COALESCE(MAX(seq), 0) FROM {_CHANGES_TABLE}").fetchone()
+                    return confirmed, None
+                rows = sql(
+                    f"SELECT seq, key FROM {_CHANGES_TABLE} WHERE seq > ? ORDER BY seq", (self._seen,)
+                ).fetchall()
+        except StoreUnavailable:
+            self._seen = None
+            raise
+        if not rows:
+            return confirmed, frozenset()
+        # Entries commit in seq order without gaps (one writer at a time holds SQLite's write lock), so a gap
+        # means entries purged before this feed read them.
+        missed = rows[0][0] != self._seen + 1
+        self._seen = rows[-1][0]
+        return confirmed, None if missed else frozenset(key for _, key in rows)
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 # AuthenticationError, BusyLoadingError, ResponseError, ... are all RedisError; OSError catches any socket or
@@ -580,11 +663,104 @@ class RedisStore:
     def purge(self) -> int:
         return 0  # Redis purges expired keys itself: see stats()
 
+    def changes(self) -> _RedisChanges | None:
+        """One server only. Behind Sentinel, the feed's connection may stay on a demoted master after a
+        failover, which still answers PING but no longer hears the writes; in a Cluster each master announces
+        its own slots only, and slots move. Rather than a feed that could miss a revocation, none: proxies on
+        those stores cache nothing."""
+        if self._sentinel is not None or self._cluster_options is not None:
+            return None
+        assert isinstance(self._redis, redis.Redis)
+        pool = self._redis.connection_pool
+        # The data connections' settings (address, TLS, password, timeouts), but RESP3 for push messages, with
+        # redis-py's own parser for them (hiredis' handles pushes otherwise), and no retry or health check of
+        # its own: the feed reconnects, and its PINGs are the health check.
+        settings = {
+            **pool.connection_kwargs, "protocol": 3, "parser_class": _RESP3Parser,
+            "retry": Retry(NoBackoff(), 0), "health_check_interval": 0,
+        }  # fmt: skip
+        return _RedisChanges(lambda: pool.connection_class(**settings), self._unavailable)
+
     def close(self) -> None:
         if self._redis is not None:
             self._redis.close()
         if self._sentinel is not None:
             self._sentinel.close()
+
+
+class _RedisChanges:
+    """Redis client-side caching's invalidation messages, on a connection of its own: CLIENT TRACKING in
+    broadcast mode (BCAST, RESP3) makes Redis push the name of every ``splittoken:`` key that anyone writes,
+    deletes, expires or evicts, as it happens, and ``["invalidate", null]`` for a flushed database. The
+    confirmation is a PING: Redis answers it on the same connection after every push it owed before it, so
+    once the PONG is read every change made before the PING was sent has been reported.
+
+    Not redis-py's own client-side cache (``cache_config``): it caches replies (still sealed: unsealing stays
+    on every join), reads pushes only when a command is sent (on the store's threads, so no join without a
+    thread hop), and never notices a server that went silent. It also needs Redis 7.4; tracking, 6.0.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], redis.Connection],
+        unavailable: Callable[[str, Exception], StoreUnavailable],
+    ) -> None:
+        self._connect = connect
+        self._unavailable = unavailable
+        self._connection: redis.Connection | None = None
+        self._changed: set[str] | None = set()  # None: possibly any
+        self._confirmed = -float("inf")
+        self._ping_at = 0.0  # time.monotonic() of the next confirmation
+        self._closed = False
+
+    def wait(self, seconds: float) -> tuple[float, frozenset[str] | None]:
+        try:
+            connection = self._connection or self._track()
+            now = time.monotonic()
+            if now < self._ping_at and connection.can_read(self._ping_at - now):
+                connection.read_response(push_request=True)  # a push, reported by _pushed
+            else:
+                sent = time.monotonic()
+                connection.send_command("PING")
+                connection.read_response()  # pushes that came first were reported on the way
+                self._confirmed, self._ping_at = sent, sent + seconds
+        except _REDIS_ERRORS as e:
+            self._drop()
+            raise self._unavailable("change feed", e) from None
+        changed, self._changed = self._changed, set()
+        return self._confirmed, None if changed is None else frozenset(changed)
+
+    def _track(self) -> redis.Connection:
+        if self._closed:
+            raise redis.ConnectionError("change feed closed")
+        connection = self._connect()
+        self._connection = connection
+        connection.connect()
+        connection.send_command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", RedisStore.PREFIX)
+        connection.read_response()  # OK, or raises (a Redis before 6.0, an ACL without CLIENT)
+        connection._parser.set_invalidation_push_handler(self._pushed)  # as redis-py's own cache does
+        # Changes made before tracking began were not pushed.
+        self._changed, self._ping_at = None, 0.0
+        return connection
+
+    def _pushed(self, message: list[Any]) -> None:
+        keys = message[1]
+        if keys is None or self._changed is None:
+            self._changed = None
+            return
+        for key in keys:
+            name = key.decode() if isinstance(key, bytes) else key
+            self._changed.add(name.removeprefix(RedisStore.PREFIX))
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            self._connection.disconnect()
+            self._connection = None
+
+    def close(self) -> None:
+        """From another thread: closing the socket wakes a wait() that reads it."""
+        self._closed = True
+        self._drop()
 
 
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")

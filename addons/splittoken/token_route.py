@@ -23,7 +23,7 @@ from .errors import TokenRefused, TooLarge, Unparseable
 from .messages import decoded, error_code, request_body
 from .options import Settings
 from .policy import TokenBody
-from .refresh import Refreshes, refresh_expiry
+from .refresh import Refreshes, pass_on, refresh_expiry, swapped_out
 from .routing import endpoint
 from .seal import Record, store_key
 from .state import FlowState, redact
@@ -84,19 +84,24 @@ class TokenRoute:
             if (strict and raw.strip()) or policy.holds_jws(raw):
                 # A client may read more into it than the proxy could (a body cut short, an HTML page).
                 return self.answers.refuse(flow, st, policy.bad_gateway(f"unparseable token response ({e})"))
-            return
+            return pass_on(self.answers, flow, st, raw)
         try:
             issue = await self._issue(flow, st, body)
         except TokenRefused as e:
             return self.answers.refuse(flow, st, policy.bad_gateway(str(e)))
         if issue.rewritten:
             await self._hand_out(flow, st, body, issue)
+        else:
+            pass_on(self.answers, flow, st, raw)
 
     async def _error_response(self, flow: http.HTTPFlow, st: FlowState, raw: bytes) -> None:
         """The provider's errors pass unchanged, unless they carry a token out."""
         assert flow.response
         if policy.holds_jws(raw):
             return self.answers.refuse(flow, st, policy.bad_gateway("an error response holding a JWS"))
+        pass_on(self.answers, flow, st, raw)
+        if st.answered:
+            return
         if (
             st.refresh_handle
             and flow.response.status_code == 400
@@ -164,14 +169,23 @@ class TokenRoute:
     async def _hand_out(self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, issue: Issue) -> None:
         """Store the records, then give the client its handles; a store failure raises before it gets any."""
         assert flow.response
-        client_body = body.render()
+        if (client_body := swapped_out(self.answers, flow, st, body.render())) is None:
+            return
+        if st.refresh_handle:
+            # A revocation that won meanwhile revokes the answer's refresh token instead of the one it found.
+            kept = dict(issue.records)
+            withheld = kept[issue.new_refresh_handle].secret if issue.new_refresh_handle else st.swapped_in
+            if await self.refreshes.revoked_meanwhile(flow, st, withheld):
+                return self.answers.refuse(flow, st, policy.invalid_grant("refresh token revoked"))
         for handle, record in issue.records:
             await self.vault.keep(handle, record)
-        old_handle = st.refresh_handle
-        if old_handle and issue.new_refresh_handle:
-            grace_end = self.vault.clock() + self.settings.refresh_grace
-            replay = Record("rotated", client_body.decode(), grace_end, issue.subject, endpoint(flow))
-            await self.refreshes.retire(old_handle, replay, self.settings.refresh_grace)
+        if st.refresh_handle and issue.new_refresh_handle:
+            grace = self.settings.refresh_grace
+            replay = Record(
+                "rotated", client_body.decode(), self.vault.clock() + grace, issue.subject, endpoint(flow),
+                client=st.client, refresh_token=st.swapped_in,
+            )  # fmt: skip
+            await self.refreshes.retire(flow, st, issue.new_refresh_handle, replay, grace)
         response = flow.response
         response.content = client_body
         for stale in _STALE_HEADERS:

@@ -4,7 +4,13 @@ It owns the store, the clock and the leeway, and decides how a store call leaves
 waits on a network (Redis) is called on threads of its own, so that a slow store cannot starve anything else
 in the default executor; a local one (diskcache) is called in place. The ``*_now`` forms are the same calls,
 blocking, for the admin CLI and for mitmproxy commands (which cannot be coroutines); each is bounded by the
-store's timeout. Knows nothing of mitmproxy.
+store's timeout.
+
+With ``cache_size``, opened access records are also kept in a RecordCache (cache.py), which the store keeps
+honest: a join of a cached handle reads no store, unseals nothing and leaves the event loop for nothing. Only
+access records: refresh handles are read from the store every time, because rotation is a read-modify-write
+that must see what the other proxies did. Expiry is judged on every find, cached or not. Knows nothing of
+mitmproxy.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from .cache import RecordCache
 from .errors import SealBroken
 from .seal import Record, open_sealed, seal, store_key
 from .store import Store, StoreStats
@@ -33,7 +40,11 @@ def new_refresh_handle() -> str:
 
 
 class Vault:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time, leeway: float = 0) -> None:
+    def __init__(
+        self, store: Store, clock: Callable[[], float] = time.time, leeway: float = 0, cache_size: int = 0
+    ) -> None:
+        """``cache_size``: opened records kept in memory (0: none). A store that cannot tell which records
+        change (store.changes() is None) gets no cache, whatever the size."""
         self.store = store
         self.clock = clock
         self.leeway = leeway
@@ -42,9 +53,11 @@ class Vault:
             if store.blocking
             else None
         )
+        changes = store.changes() if cache_size > 0 else None
+        self.cache = RecordCache(cache_size, changes) if changes is not None else None
 
     def __repr__(self) -> str:
-        return f"Vault({self.store!r})"
+        return f"Vault({self.store!r}, cache={self.cache!r})"
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         if self._threads is None:
@@ -58,7 +71,11 @@ class Vault:
 
     async def find(self, handle: str) -> Record | None:
         """The live record for a handle, or None (unknown, expired, or not sealed under this handle)."""
-        return await self._call(self.find_now, handle)
+        key = store_key(handle)
+        record = self.cache.get(key) if self.cache is not None else None
+        if record is None:
+            record = await self._call(self._read, handle, key)
+        return self._live(record)
 
     async def forget(self, handle: str) -> bool:
         return await self._call(self.forget_now, handle)
@@ -68,23 +85,48 @@ class Vault:
         return await asyncio.to_thread(self.purge_now)
 
     def keep_now(self, handle: str, record: Record) -> None:
-        self.store.put(store_key(handle), seal(handle, record), record.expires_at + self.leeway)
+        key = store_key(handle)
+        try:
+            self.store.put(key, seal(handle, record), record.expires_at + self.leeway)
+        finally:
+            self._evict(key)
 
     def find_now(self, handle: str) -> Record | None:
-        # Expired records are refused here even when the store has not purged them yet.
-        sealed = self.store.get(store_key(handle))
+        key = store_key(handle)
+        record = self.cache.get(key) if self.cache is not None else None
+        return self._live(record or self._read(handle, key))
+
+    def forget_now(self, handle: str) -> bool:
+        key = store_key(handle)
+        try:
+            return self.store.delete(key)
+        finally:
+            # Here at once, not when the store's feed tells: the revoking client's next request may come
+            # first. Also when the delete failed: the store is asked again, rather than the cache trusted.
+            self._evict(key)
+
+    def _read(self, handle: str, key: str) -> Record | None:
+        generation = self.cache.generation if self.cache is not None else 0
+        sealed = self.store.get(key)
         if sealed is None:
             return None
         try:
             record = open_sealed(handle, sealed)
         except SealBroken:
             return None
-        if record.expired(self.clock(), self.leeway):
+        if self.cache is not None and record.kind == "access" and self._live(record):
+            self.cache.keep(key, record, generation)
+        return record
+
+    def _live(self, record: Record | None) -> Record | None:
+        # Expired records are refused here even when the store has not purged them yet, cached or not.
+        if record is None or record.expired(self.clock(), self.leeway):
             return None
         return record
 
-    def forget_now(self, handle: str) -> bool:
-        return self.store.delete(store_key(handle))
+    def _evict(self, key: str) -> None:
+        if self.cache is not None:
+            self.cache.evict((key,))
 
     def stats_now(self) -> StoreStats:
         return self.store.stats()
@@ -93,6 +135,8 @@ class Vault:
         return self.store.purge()
 
     def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
         self.store.close()

@@ -49,7 +49,7 @@ from splittoken.store import Store
 from stack import TOKEN_PATH
 
 RECORD_TTL = 86400
-# What splittoken.store.DiskStore passes to diskcache.Cache (besides its busy timeout).
+# What splittoken.disk_store.DiskStore passes to diskcache.Cache (besides its busy timeout).
 DISK_SETTINGS: dict[str, Any] = {
     "eviction_policy": "none", "statistics": False, "sqlite_mmap_size": 0, "sqlite_cache_size": 1024,
 }  # fmt: skip

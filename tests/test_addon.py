@@ -11,7 +11,6 @@ from mitmproxy.test import tflow
 
 from hooks import HookDriver as Proxy
 from oauth_flows import (
-    IDP,
     api_flow,
     assert_error,
     body_of,
@@ -35,9 +34,8 @@ async def test_cycle_through_all_hooks(proxy: Proxy) -> None:
     flow.response = http.Response.make(200, b"ok")
     await proxy.tctx.cycle(proxy.addon, flow)
     assert flow.request.headers["Authorization"] == f"Bearer {fields['access_token']}"
-    flow = tflow.tflow(err=True)  # the authorization server cannot be reached
-    flow.request.url = f"{IDP}/token"
-    flow.request.method = "POST"
+    flow = token_flow()
+    flow.error = tflow.terr()  # the authorization server cannot be reached
     await proxy.tctx.cycle(proxy.addon, flow)
     assert flow.response is None
     assert flow.metadata["splittoken"]["route"] == "token"

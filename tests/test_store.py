@@ -14,15 +14,11 @@ import pytest
 import redis
 
 from redis_server import RedisServer
-from splittoken.store import (
-    DiskStore,
-    RedisStore,
-    Store,
-    StoreStats,
-    StoreUnavailable,
-    open_store,
-    redact_redis_url,
-)
+from splittoken.disk_store import DiskStore
+from splittoken.errors import StoreUnavailable
+from splittoken.redis_config import redact_redis_url
+from splittoken.redis_store import RedisStore
+from splittoken.store import Store, StoreStats, open_store
 
 TIMEOUT = 0.5  # store timeout in the fault tests: short, so that a hung Redis costs little test time
 PASSWORD = "s3cret/p@ss:word"  # characters that need percent-encoding in a URL

@@ -16,7 +16,10 @@ import pytest
 
 from procs import free_port
 from redis_topologies import ClusterTopology, bounded_by, far, key, started, wait_until
-from splittoken.store import RedisStore, StoreStats, StoreUnavailable, open_store, redact_redis_url
+from splittoken.errors import StoreUnavailable
+from splittoken.redis_config import redact_redis_url
+from splittoken.redis_store import RedisStore
+from splittoken.store import StoreStats, open_store
 
 PASSWORD = "s3cret/p@ss:word"  # characters that need percent-encoding in a URL
 TIMEOUT = 0.5  # store timeout: short, so that calls to a dead master cost little test time

@@ -20,7 +20,10 @@ import pytest
 from procs import free_port
 from redis_server import RedisServer
 from redis_topologies import SERVICE, SentinelTopology, bounded_by, far, key, started, wait_until
-from splittoken.store import RedisStore, StoreUnavailable, open_store, redact_redis_url
+from splittoken.errors import StoreUnavailable
+from splittoken.redis_config import redact_redis_url
+from splittoken.redis_store import RedisStore
+from splittoken.store import open_store
 
 PASSWORD = "s3cret/p@ss:word"  # characters that need percent-encoding in a URL
 TIMEOUT = 0.5  # store timeout: short, so that calls during a failover cost little test time

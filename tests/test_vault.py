@@ -22,9 +22,11 @@ from splittoken import cache as cache_module
 from splittoken import seal
 from splittoken import vault as vault_module
 from splittoken.cache import RecordCache
+from splittoken.disk_store import CHANGE_LOG_SECONDS, DiskStore
 from splittoken.errors import StoreUnavailable
+from splittoken.redis_store import RedisStore
 from splittoken.seal import Record
-from splittoken.store import CHANGE_LOG_SECONDS, DiskStore, RedisStore, Store, open_store
+from splittoken.store import Store, open_store
 from splittoken.vault import REFRESH_HANDLE_BYTES, Vault, new_refresh_handle
 
 HANDLE = "Zm9vYmFyYmF6cXV4LXNpZ25hdHVyZS1vZi10aGUtand0LWFiY2RlZmdoaWprbG1u"
@@ -416,7 +418,7 @@ def test_disk_change_log_is_purged_and_a_reader_that_missed_entries_drops_everyt
     for handle in (HANDLE, OTHER):
         store.put(seal.store_key(handle), b"sealed", time.time() + 60)
         store.delete(seal.store_key(handle))
-    monkeypatch.setattr("splittoken.store.CHANGE_LOG_SECONDS", -1)  # every entry is old enough
+    monkeypatch.setattr("splittoken.disk_store.CHANGE_LOG_SECONDS", -1)  # every entry is old enough
     store.purge()
     store.put(seal.store_key(HANDLE), b"sealed", time.time() + 60)
     store.delete(seal.store_key(HANDLE))

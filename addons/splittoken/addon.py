@@ -19,17 +19,13 @@ from mitmproxy import command, ctx, exceptions, http
 
 from . import options, policy, routing
 from .answers import Answers, to_response
-from .api_route import ApiRoute, Discovered
+from .api_route import Discovered
 from .errors import OptionInvalid, StoreUnavailable
-from .introspect_route import IntrospectRoute
-from .messages import request_body
 from .options import Settings
-from .refresh import Flights, Refreshes
-from .revoke_route import RevokeRoute
-from .routing import logged_path
+from .refresh import Flights
+from .routes import Routes, jwks_client
 from .state import META, FlowState, redact
 from .store import open_store
-from .token_route import TokenRoute
 from .vault import Vault, describe
 
 logger = logging.getLogger("splittoken")
@@ -98,20 +94,12 @@ class SplitToken:
         return Vault(store, leeway=settings.leeway, cache_size=settings.cache_size)
 
     def _build_routes(self, settings: Settings, vault: Vault) -> None:
-        if not settings.jwks_url:
-            self.jwks = None
-        elif self.jwks is None or self.jwks.uri != settings.jwks_url:
-            self.jwks = jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300, timeout=5)
-        self.refreshes = Refreshes(vault, self.answers, self.counters, self.flights)
+        self.jwks = jwks_client(settings.jwks_url, self.jwks)
         self.answers.cors.origins = settings.cors_origins
-        self.api_route = ApiRoute(settings, vault, self.answers, self.counters, self.discovered)
-        self.token_route = TokenRoute(settings, vault, self.answers, self.counters, self.refreshes, self.jwks)
-        self.revoke_route = RevokeRoute(vault, self.answers, self.counters, self.refreshes)
-        self.introspect_route = IntrospectRoute(vault, self.answers, self.counters)
-        # The endpoints of the authorization server whose requests carry handles in their bodies.
-        self.endpoints: dict[str, TokenRoute | RevokeRoute | IntrospectRoute] = {
-            "token": self.token_route, "revoke": self.revoke_route, "introspect": self.introspect_route,
-        }  # fmt: skip
+        self.routes = Routes(
+            settings, vault, self.answers, self.counters, self.flights, self.discovered,
+            self.authorization_servers, self.jwks,
+        )  # fmt: skip
 
     def _misconfigured(self, problem: str) -> None:
         self.misconfigured = problem
@@ -123,18 +111,10 @@ class SplitToken:
         self._purger = asyncio.get_running_loop().create_task(self._purge_periodically())
 
     async def _purge_periodically(self) -> None:
-        """Expired records are refused on sight; this drops them too, so a store does not grow without end.
-        (diskcache only culls a few per write; Redis expires keys itself and purges nothing here.)"""
         while True:
             await asyncio.sleep(PURGE_INTERVAL_SECONDS)
             if self.vault:
-                try:
-                    purged = await self.vault.purge()
-                except StoreUnavailable as e:
-                    logger.warning("periodic purge failed: %s", e)
-                else:
-                    if purged:
-                        logger.info("purged %d expired record(s)", purged)
+                await self.vault.purge_logged()
 
     def done(self) -> None:
         if self._purger:
@@ -161,7 +141,7 @@ class SplitToken:
         st.publish(flow.metadata)
         if st.route == "api":
             # Re-joining needs only the headers; done here so that streamed request bodies work too.
-            return self.answers.guard(flow, st, self.api_route.request(flow, st), policy.store_unavailable())
+            return self.answers.guard(flow, st, self.routes.api.request(flow, st), policy.store_unavailable())
         # Token and revocation bodies are read and rewritten: they must be buffered, never streamed, and
         # answered uncompressed, so that a response is judged without inflating what a server compressed.
         flow.request.stream = False
@@ -172,63 +152,23 @@ class SplitToken:
         st = self.flows.get(flow)
         if st is None or st.answered or flow.response or not flow.live or st.route == "api":
             return
-        await self.answers.guard(flow, st, self._endpoint_request(flow, st), policy.store_unavailable())
-        if flow.response:
-            self.refreshes.settle(flow, st)  # answered here: clients waiting on this refresh get the same
-
-    async def _endpoint_request(self, flow: http.HTTPFlow, st: FlowState) -> None:
-        """A request the filters took for the token or revocation endpoint's, once its body is known."""
-        body = request_body(flow.request)
-        if routing.is_endpoint_request(st.route, body, flow.request.headers.get("authorization", "")):
-            return await self.endpoints[st.route].request(flow, st)
-        if st.fallback == "api":
-            st.route = "api"
-            return await self.api_route.request(flow, st)
-        del self.flows[flow]  # no route of ours after all
-        flow.metadata.pop(META, None)
+        if not await self.routes.request(flow, st):
+            del self.flows[flow]
+            flow.metadata.pop(META, None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.answers.cors.learn(flow)  # what the upstream lets browser origins read, for our own answers
-        st = self.flows.get(flow)
-        judged = st and (st.route != "api" or st.authorization_server)
-        if judged and flow.response and flow.response.stream:
-            # mitmproxy streams what exceeds stream_large_bodies (kept at or above splittoken_max_body by
-            # configure), and a streamed token response would reach the client before it is judged: too
-            # large to parse anyway, it is cut off instead.
-            logger.error("token response over stream_large_bodies on %s: closed", logged_path(flow))
-            flow.kill()
-        elif st and st.route == "api":
-            self.api_route.responseheaders(flow, st)
+        if st := self.flows.get(flow):
+            self.routes.responseheaders(flow, st)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         st = self.flows.get(flow)
-        if st is None or st.answered or flow.response is None:
-            return
-        if st.route == "token":
-            try:
-                work = self.token_route.response(flow, st)
-                await self.answers.guard(flow, st, work, policy.bad_gateway("internal error"))
-            finally:
-                self.refreshes.settle(flow, st)
-        elif st.route == "revoke":
-            self.revoke_route.response(flow, st)
-        elif st.route == "introspect":
-            self.introspect_route.response(flow, st)
-        else:
-            self.api_route.response(flow, st)
-            if st.authorization_server:
-                # A second line behind the filters: whatever the authorization server answers is judged as a
-                # token response would be, so a path spelling no filter foresaw cannot carry a token out.
-                work = self.token_route.response(flow, st, strict=False)
-                await self.answers.guard(flow, st, work, policy.bad_gateway("internal error"))
-        if st.event == "split":
-            self.authorization_servers.learn(routing.endpoint(flow))
+        if st is not None and not st.answered and flow.response is not None:
+            await self.routes.response(flow, st)
 
     def error(self, flow: http.HTTPFlow) -> None:
         if st := self.flows.get(flow):
-            self.refreshes.settle(
-                flow, st, to_response(policy.bad_gateway("authorization server unreachable"))
-            )
+            self.routes.error(flow, st)
 
     # -----------------------------------------------------------------------------------------------------
     # Commands: rare and administrative, so they call the store directly, each call bounded by its timeout.

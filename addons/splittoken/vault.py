@@ -16,6 +16,7 @@ mitmproxy.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from .cache import RecordCache
-from .errors import SealBroken
+from .errors import SealBroken, StoreUnavailable
 from .seal import Record, open_sealed, seal, store_key
 from .store import Store, StoreStats
 
@@ -33,6 +34,8 @@ REFRESH_HANDLE_BYTES = 32
 STORE_THREADS = 32
 
 T = TypeVar("T")
+
+logger = logging.getLogger("splittoken")
 
 
 def new_refresh_handle() -> str:
@@ -83,6 +86,16 @@ class Vault:
     async def purge(self) -> int:
         # Bulk work: off the event loop whatever the store, even diskcache.
         return await asyncio.to_thread(self.purge_now)
+
+    async def purge_logged(self) -> None:
+        """A purge whose outcome is logged, not raised: the periodic one."""
+        try:
+            purged = await self.purge()
+        except StoreUnavailable as e:
+            logger.warning("periodic purge failed: %s", e)
+        else:
+            if purged:
+                logger.info("purged %d expired record(s)", purged)
 
     def keep_now(self, handle: str, record: Record) -> None:
         key = store_key(handle)

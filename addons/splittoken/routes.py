@@ -1,0 +1,108 @@
+"""The routes the proxy serves, built from one Settings and one Vault, and which of them each hook goes to.
+
+Rebuilt on every reconfiguration; what must outlive one (refreshes in flight, what discovery documents and
+token endpoints taught) is the shell's and handed in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import jwt
+from mitmproxy import http
+
+from . import policy, routing
+from .answers import Answers, to_response
+from .api_route import ApiRoute, Discovered
+from .introspect_route import IntrospectRoute
+from .messages import request_body
+from .options import Settings
+from .refresh import Flights, Refreshes
+from .revoke_route import RevokeRoute
+from .routing import AuthorizationServers, logged_path
+from .state import FlowState
+from .token_route import TokenRoute
+from .vault import Vault
+
+logger = logging.getLogger("splittoken")
+
+INTERNAL_ERROR = policy.bad_gateway("internal error")
+
+
+class Routes:
+    def __init__(
+        self, settings: Settings, vault: Vault, answers: Answers, counters: Counter[str], flights: Flights,
+        discovered: Discovered, authorization_servers: AuthorizationServers, jwks: jwt.PyJWKClient | None,
+    ) -> None:  # fmt: skip
+        self.answers = answers
+        self.authorization_servers = authorization_servers
+        self.refreshes = Refreshes(vault, answers, counters, flights)
+        self.api = ApiRoute(settings, vault, answers, counters, discovered)
+        self.token = TokenRoute(settings, vault, answers, counters, self.refreshes, jwks)
+        self.revoke = RevokeRoute(vault, answers, counters, self.refreshes)
+        self.introspect = IntrospectRoute(vault, answers, counters)
+        # The endpoints of the authorization server whose requests carry handles in their bodies.
+        self.endpoints: dict[str, TokenRoute | RevokeRoute | IntrospectRoute] = {
+            "token": self.token, "revoke": self.revoke, "introspect": self.introspect,
+        }  # fmt: skip
+
+    async def request(self, flow: http.HTTPFlow, st: FlowState) -> bool:
+        """A request the filters took for an endpoint's, once its body is known. False: no route of ours
+        after all."""
+        body = request_body(flow.request)
+        if routing.is_endpoint_request(st.route, body, flow.request.headers.get("authorization", "")):
+            work = self.endpoints[st.route].request(flow, st)
+        elif st.fallback == "api":
+            st.route = "api"
+            work = self.api.request(flow, st)
+        else:
+            return False
+        await self.answers.guard(flow, st, work, policy.store_unavailable())
+        if flow.response:
+            self.refreshes.settle(flow, st)  # answered here: clients waiting on this refresh get the same
+        return True
+
+    def responseheaders(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        if flow.response and flow.response.stream and (st.route != "api" or st.authorization_server):
+            # mitmproxy streams what exceeds stream_large_bodies (kept at or above splittoken_max_body by
+            # configure), and a streamed token response would reach the client before it is judged: too
+            # large to parse anyway, it is cut off instead.
+            logger.error("token response over stream_large_bodies on %s: closed", logged_path(flow))
+            flow.kill()
+        elif st.route == "api":
+            self.api.responseheaders(flow, st)
+
+    async def response(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        if st.route == "token":
+            try:
+                await self.answers.guard(
+                    flow, st, self.token.response(flow, st), policy.bad_gateway("internal error")
+                )
+            finally:
+                self.refreshes.settle(flow, st)
+        elif st.route == "revoke":
+            self.revoke.response(flow, st)
+        elif st.route == "introspect":
+            self.introspect.response(flow, st)
+        else:
+            self.api.response(flow, st)
+            if st.authorization_server:
+                # A second line behind the filters: whatever the authorization server answers is judged as a
+                # token response would be, so a path spelling no filter foresaw cannot carry a token out.
+                work = self.token.response(flow, st, strict=False)
+                await self.answers.guard(flow, st, work, INTERNAL_ERROR)
+        if st.event == "split":
+            self.authorization_servers.learn(routing.endpoint(flow))
+
+    def error(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        self.refreshes.settle(flow, st, to_response(policy.bad_gateway("authorization server unreachable")))
+
+
+def jwks_client(url: str, previous: jwt.PyJWKClient | None) -> jwt.PyJWKClient | None:
+    """The JWKS client for ``splittoken_jwks_url``; the previous one (and its cached keys) if unchanged."""
+    if not url:
+        return None
+    if previous is not None and previous.uri == url:
+        return previous
+    return jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5)

@@ -6,8 +6,8 @@ reaches every proxy, and how the diskcache store scales. ``make bench`` runs it 
     python scripts/bench.py [--quick] [--out DIR] [--no-profile] [--connections N]
 
 1. Through real processes (scripts/bench_load.py): wrk against plain and addon mitmdumps, -q and default
-   output, diskcache and Redis, one handle and many rotating, in alternating rounds; the propagation of a
-   revocation from one proxy to another on the same store.
+   output, diskcache, Redis, Redis Sentinel and Redis Cluster, one handle and many rotating, in alternating
+   rounds; the propagation of a revocation from one proxy to another on the same store.
 2. In process (scripts/bench_micro.py): split, join (cached, not cached, cache off) and bare store lookups
    against DiskStores of three sizes; the store's bytes per record.
 3. The RSS of a mitmdump serving each of those stores.
@@ -40,7 +40,7 @@ from mitmproxy.version import VERSION as MITMPROXY_VERSION
 import bench_load
 import bench_micro
 from bench_common import ACCESS_TTL, FULL, QUICK, Plan
-from bench_load import ADDON_CONFIGS, CONFIGS, MODES
+from bench_load import ADDON_CONFIGS, CONFIGS, MODES, UNCACHED_STORES
 from stack import ROOT, start_api, start_idp
 
 
@@ -62,8 +62,10 @@ def at_most(value: float, bound: float, unit: str = "") -> tuple[str, bool]:
     return f"≤ {bound:g}{unit}", value <= bound
 
 
-# Issue 12's throughput targets, judged with -q on both sides; (d) is judged as before.
-RATIO_TARGETS = {"b": 0.95, "c": 0.90}
+# Issue 12's throughput targets, judged with -q on both sides; (d) is judged as before. Sentinel (h) and
+# Cluster (i) are held to the Redis target (issue 14).
+RATIO_TARGETS = {"b": 0.95, "c": 0.90, "h": 0.90, "i": 0.90}
+UNCACHED_MISSED = "; missed: no record cache on this store, by design, so every join reads it (see method)"
 JOIN_TARGETS = {"median": 50.0, "p99": 150.0}  # µs, cached joins at the largest store
 PROPAGATION_TARGET_MS = 100.0
 PROFILE_TOP = 25  # frames of each py-spy profile shown in results.md; profile-load-*.txt has more
@@ -117,7 +119,8 @@ def macro_figures(plan: Plan, mac: dict[str, Any]) -> list[Figure]:
             target, met = at_least(ratio, RATIO_TARGETS[n]) if n in RATIO_TARGETS else ("", None)
             out += [
                 Figure(f"ratio_{n}_{base}{suffix}", f"throughput {n}/{base}, {how} (median of per-round "
-                       "ratios)", ratio, "×", target, met),
+                       f"ratios){UNCACHED_MISSED if met is False and c.store in UNCACHED_STORES else ''}",
+                       ratio, "×", target, met),
                 Figure(f"cpu_ratio_{n}_{base}{suffix}", f"{n}/{base}, {how}, from proxy CPU per request",
                        mac["cpu_ratio"][mode][n], "×"),
             ]  # fmt: skip
@@ -209,12 +212,21 @@ def method(plan: Plan, mic: dict[str, Any]) -> str:
     log_path = mic["log_path"]
     return (
         f"- Proxies: wrk -t1 -c{plan.connections} (a separate process, bench/wrk.lua), GET through each "
-        "proxy's API listener to the echo API. Seven mitmdumps, all up for the whole run, each started "
-        "with the same flags apart from what is compared: (a)-(d) with -q (bench/quiet.py: mitmdump's -q "
-        "once the listeners are up, since -q from the start would hide the lines that tell they are), "
-        "(e)-(g) with mitmdump's default output (a line per flow, and the addon's info lines). The "
-        "diskcache proxies share one directory, the Redis ones one redis-server. Each is measured with one "
-        "handle (one header, "
+        "proxy's API listener to the echo API. Nine mitmdumps, all up for the whole run, each started "
+        "with the same flags apart from what is compared: (a)-(d), (h) and (i) with -q (bench/quiet.py: "
+        "mitmdump's -q once the listeners are up, since -q from the start would hide the lines that tell "
+        "they are), (e)-(g) with mitmdump's default output (a line per flow, and the addon's info lines). "
+        "The diskcache proxies share one directory, the Redis ones one redis-server; (h) is on Redis "
+        "Sentinel (a master, a replica, three sentinels; the default splittoken_min_replicas waits for "
+        "the replica on writes; the load here is joins, which only read) and (i) on a three-master Redis "
+        "Cluster, as tests/redis_topologies.py starts them, all on loopback. (h) and (i) keep no record "
+        "cache, by design (RedisStore.changes: behind Sentinel the change feed could stay on a demoted "
+        "master after a failover, and in a Cluster each master announces only its own slots, which move; "
+        "a feed that could miss a revocation would be worse than none), so every join of theirs is a store "
+        "read on a worker thread, a round trip and unsealing (what (c) does with splittoken_cache_size=0); "
+        "they are held to the Redis target all the same. They are left out of the propagation "
+        "measurement: with no cache every proxy reads the store on every request, so a revocation is "
+        "refused everywhere as soon as the store has it. Each is measured with one handle (one header, "
         f"built once) and with {plan.rotating_handles} distinct handles rotating (the plain proxies get "
         "random values of a handle's size: the same bytes on the wire). "
         f"{plan.rounds} alternating rounds of {plan.seconds} s per proxy and mode, medians over rounds; "
@@ -295,12 +307,9 @@ def run(plan: Plan, quick: bool, out: Path, profile: bool) -> None:
         idp = started.enter_context(start_idp("--access-ttl", str(ACCESS_TTL)))
         api = started.enter_context(start_api())
         assert idp.url and api.url
-        redis_server = bench_load.start_redis(work)
-        started.callback(redis_server.stop)
-        with phase(timings, "proxies under wrk"), contextlib.ExitStack() as proxies:
-            mac, running, handles = bench_load.macro(
-                plan, idp.url, api.url, work, redis_server.url, lambda p: proxies.callback(p.stop)
-            )
+        stores = {"disk": str(work / "macro-store"), **bench_load.start_redis_stores(work, started.callback)}
+        with phase(timings, "proxies under wrk"), bench_load.stopped_at_exit() as register:
+            mac, running, handles = bench_load.macro(plan, idp.url, api.url, work, stores, register)
             propagation = bench_load.propagation(running, plan.rounds)
             if profile:
                 for name in ("b", "c"):

@@ -1,5 +1,6 @@
 """What every part of the benchmark (scripts/bench.py) shares: the plan, the failure, and the handles of a
-filled store. Importing it puts the splittoken package and the tests' RedisServer helper on sys.path."""
+filled store. Importing it puts the splittoken package and the tests' Redis helpers (redis_server.py,
+redis_topologies.py) on sys.path."""
 
 from __future__ import annotations
 

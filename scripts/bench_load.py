@@ -1,9 +1,10 @@
 """The benchmark through real processes (part of scripts/bench.py), all on loopback: wrk (a separate process,
 bench/wrk.lua) keeps each mitmdump saturated with GETs through its API listener to the echo API.
 
-Seven proxies, started with the same flags apart from what is compared, and all up for the whole run:
+Nine proxies, started with the same flags apart from what is compared, and all up for the whole run:
 
     (a) plain mitmdump, no addon    (b) addon, diskcache    (c) addon, Redis    (d) (b) with log_joins on
+    (h) addon, Redis Sentinel       (i) addon, Redis Cluster
     all with -q (bench/quiet.py: mitmdump's -q once the listeners are up);
     (e) plain mitmdump, (f) addon, diskcache, (g) addon, Redis, with mitmdump's default output.
 
@@ -15,6 +16,7 @@ plain proxy with the same output, so a noisy neighbour hurts one round, not a co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ import requests
 
 from bench_common import SEED, TOKEN_FORM, BenchFailed, Plan, handle_for, random_signature, rotated
 from redis_server import RedisServer
+from redis_topologies import ClusterTopology, SentinelTopology
 from stack import CLIENT, REVOKE_PATH, ROOT, TOKEN_PATH, Proxy, start_proxy
 
 WRK_SCRIPT = ROOT / "bench" / "wrk.lua"
@@ -45,7 +48,7 @@ PROFILE_FRAMES = 100  # frames kept from a py-spy profile
 class Config:
     name: str
     what: str
-    store: str  # "": no addon; "disk" or "redis": the addon on that store
+    store: str  # "": no addon; else the addon on that store: "disk", "redis", "sentinel" or "cluster"
     quiet: bool  # -q, or mitmdump's default output
     options: dict[str, str] = field(default_factory=dict)
 
@@ -63,8 +66,12 @@ CONFIGS = (
     Config("e", "plain mitmdump, no addon, default output", "", False),
     Config("f", "addon, diskcache store, default output", "disk", False),
     Config("g", "addon, Redis store, default output", "redis", False),
+    Config("h", "addon, Redis Sentinel store, -q", "sentinel", True),
+    Config("i", "addon, Redis Cluster store, -q", "cluster", True),
 )  # fmt: skip
 ADDON_CONFIGS = tuple(c for c in CONFIGS if c.store)
+# Stores whose proxies keep no record cache (RedisStore.changes says why): every join reads the store.
+UNCACHED_STORES = ("sentinel", "cluster")
 
 
 @dataclass(frozen=True)
@@ -166,14 +173,30 @@ def check_joins(proxy: Proxy, handle: str) -> None:
         raise BenchFailed("the echo API received no JWT")
 
 
+def stop_all(proxies: Iterable[Proxy]) -> None:
+    """Side by side: a mitmdump takes about a second to shut down."""
+    stopping = list(proxies)
+    with ThreadPoolExecutor(len(stopping) or 1) as pool:
+        list(pool.map(Proxy.stop, stopping))
+
+
+@contextlib.contextmanager
+def stopped_at_exit() -> Iterator[Callable[[Proxy], None]]:
+    """A register for proxies (start_proxies' ``register``), all of them stopped on leaving."""
+    proxies: list[Proxy] = []
+    try:
+        yield proxies.append
+    finally:
+        stop_all(proxies)
+
+
 def start_proxies(
-    idp_url: str, api_url: str, work: Path, redis_url: str, register: Callable[[Proxy], None]
+    idp_url: str, api_url: str, work: Path, stores: dict[str, str], register: Callable[[Proxy], None]
 ) -> dict[str, Proxy]:
-    """Every config's mitmdump. The first alone, as it creates mitmproxy's CA in confdir; then the others side
-    by side. The diskcache proxies share one directory, the Redis ones one server, as proxies of one
-    deployment do: handles issued once serve them all."""
+    """Every config's mitmdump, on ``stores[config.store]`` (a splittoken_store value). The first alone, as it
+    creates mitmproxy's CA in confdir; then the others side by side. The proxies of one store share it, as
+    proxies of one deployment do: handles issued once serve them all."""
     confdir = work / "conf"
-    stores = {"disk": str(work / "macro-store"), "redis": redis_url}
 
     def start(config: Config) -> Proxy:
         proxy = bench_proxy(
@@ -191,13 +214,18 @@ def start_proxies(
 
 
 def macro(
-    plan: Plan, idp_url: str, api_url: str, work: Path, redis_url: str, register: Callable[[Proxy], None]
-) -> tuple[dict[str, Any], dict[str, Proxy], dict[str, Path]]:
-    """The alternating rounds. Returns the figures' raw material, and the proxies and their handle files
-    (for the profile, while they are still up)."""
-    proxies = start_proxies(idp_url, api_url, work, redis_url, register)
-    issued = {store: issue_handles(proxies[first], plan.rotating_handles)
-              for store, first in (("disk", "b"), ("redis", "c"))}  # fmt: skip
+    plan: Plan, idp_url: str, api_url: str, work: Path, stores: dict[str, str],
+    register: Callable[[Proxy], None],
+) -> tuple[dict[str, Any], dict[str, Proxy], dict[str, Path]]:  # fmt: skip
+    """The alternating rounds, with ``stores`` as for start_proxies. Returns the figures' raw material, and
+    the proxies and their handle files (for the profile, while they are still up)."""
+    proxies = start_proxies(idp_url, api_url, work, stores, register)
+    issuers: dict[str, str] = {}  # each store's handles are issued through its first proxy
+    for c in ADDON_CONFIGS:
+        issuers.setdefault(c.store, c.name)
+    with ThreadPoolExecutor(len(issuers)) as pool:
+        issued = dict(zip(issuers, pool.map(lambda name: issue_handles(proxies[name], plan.rotating_handles),
+                                            issuers.values()), strict=True))  # fmt: skip
     plain = [random_signature() for _ in range(plan.rotating_handles)]
     files: dict[str, Path] = {}
     auth: dict[tuple[str, str], str | Path] = {}
@@ -339,13 +367,22 @@ def rss_probes(
             memory[size] = memory_kib(proxy.process.pid)
         return memory
     finally:
-        for proxy in proxies.values():
-            proxy.stop()
+        stop_all(proxies.values())
 
 
-def start_redis(work: Path) -> RedisServer:
-    directory = work / "redis"
-    directory.mkdir()
-    server = RedisServer(directory)
-    server.start()
-    return server
+def start_redis_stores(work: Path, register: Callable[[Callable[[], None]], None]) -> dict[str, str]:
+    """The Redis deployments the proxies share, started side by side, each stopped through ``register``: one
+    redis-server, Sentinel (a master, a replica, three sentinels) and a three-master Cluster, as the tests'
+    topologies (tests/redis_topologies.py). Returns their splittoken_store URLs by store name."""
+    for name in ("redis", "sentinel", "cluster"):
+        (work / name).mkdir()
+    deployments = {
+        "redis": RedisServer(work / "redis"),
+        "sentinel": SentinelTopology(work / "sentinel"),
+        "cluster": ClusterTopology(work / "cluster"),
+    }
+    for deployment in deployments.values():
+        register(deployment.stop)  # before start: a start that fails half-way stops what it started
+    with ThreadPoolExecutor(len(deployments)) as pool:
+        list(pool.map(lambda deployment: deployment.start(), deployments.values()))
+    return {name: deployment.url for name, deployment in deployments.items()}

@@ -6,7 +6,8 @@ loopback ports and shows, step by step:
   1. what anyone holding a raw JWT reads in it, with no key, as jwt.io would;
   2. the same login through the proxy: the client gets a handle, and there is nothing in it to read;
   3. an API call with the handle: the API receives the whole JWT, claims and all;
-  4. a tampered handle and a stolen JWT: 401 from the proxy, and the API never sees them.
+  4. a tampered handle and a stolen JWT: 401 from the proxy, and the API never sees them;
+  5. a DPoP-bound handle (RFC 9449): stolen, with or without the proofs the thief saw, it gets 401 too.
 
 Every process it started is stopped on the way out, Ctrl-C included.
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
 from rich import box
 from rich.columns import Columns
 from rich.console import Console, Group
@@ -40,7 +42,7 @@ from rich.text import Text
 from stack import CLIENT, DEMO_OPTIONS, ROOT, TOKEN_PATH, Stack, demo_stack
 
 sys.path.insert(0, str(ROOT / "addons"))
-from splittoken import jws
+from splittoken import dpop, jws
 from splittoken.view import describe_time
 
 # What makes a leaked token worth stealing: who, how to reach them, what they may do, whose data.
@@ -59,12 +61,17 @@ class Answer:
     body: Any
 
 
-def call(url: str, form: dict[str, str] | None = None, authorization: str | None = None) -> Answer:
-    """One HTTP exchange; error statuses are answers too (a 401 is the point of step 4)."""
+def call(
+    url: str, form: dict[str, str] | None = None, authorization: str | None = None, proof: str | None = None
+) -> Answer:
+    """One HTTP exchange; error statuses are answers too (a 401 is the point of step 4). ``proof``: a DPoP
+    header."""
     data = urllib.parse.urlencode(form).encode() if form is not None else None
     request = urllib.request.Request(url, data=data)
     if authorization is not None:
         request.add_header("Authorization", authorization)
+    if proof is not None:
+        request.add_header("DPoP", proof)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             status, headers, raw = response.status, response.headers, response.read()
@@ -122,6 +129,7 @@ class Demo:
         handle = self.through_proxy()
         self.api_call(handle)
         self.refused(handle, raw_jwt)
+        self.dpop_bound()
         self.out.print()
         self.out.print(Panel.fit(
             "The client only ever held a handle. The JWT went from the identity provider to the proxy, and "
@@ -237,6 +245,50 @@ class Demo:
             "front of the proxy, access token lifetimes short, and revoke handles you suspect (RFC 7009, "
             "splittoken.revoke).",
             title="what a handle does not protect", title_align="left", border_style="yellow",
+        ))  # fmt: skip
+
+    def dpop_bound(self) -> None:
+        self.step(5, "a DPoP-bound handle: stolen, it is useless")
+        key, thief_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        token_url, api = self.stack.token_url, f"{self.stack.proxy.api_url}/orders"
+        answer = call(token_url, LOGIN, proof=dpop.make_proof(key, "POST", token_url))
+        expect(answer.status == 200, f"the proxy answered {answer.status}: {answer.body}")
+        expect(answer.body.get("token_type") == "DPoP", "the handle is not DPoP-bound")
+        handle = answer.body["access_token"]
+        seen = dpop.make_proof(key, "GET", api, access_token=handle)
+        owner = call(api, authorization=f"DPoP {handle}", proof=seen)
+        expect(owner.status == 200, f"the owner's call answered {owner.status}: {owner.body}")
+        self.out.print(
+            "The client logged in with a DPoP proof (a JWT signed by a key only it holds): its handles are "
+            "bound to that key, and each API call carries a fresh proof. The API still receives "
+            "Authorization: Bearer <JWT>, and no proof."
+        )
+        before = self.api_requests()
+        attempts = (
+            ("the stolen handle, as a bearer token", f"Bearer {handle}", None),
+            ("the stolen handle, with the proof the client just sent", f"DPoP {handle}", seen),
+            ("the stolen handle, with a proof of the thief's own key", f"DPoP {handle}",
+             dpop.make_proof(thief_key, "GET", api, access_token=handle)),
+        )  # fmt: skip
+        for what, authorization, proof in attempts:
+            answer = call(api, authorization=authorization, proof=proof)
+            expect(answer.status == 401, f"{what}: expected 401, got {answer.status}")
+            self.out.print(Panel(
+                Group(
+                    f"GET /orders\nAuthorization: {short(authorization, 24)}"
+                    + (f"\nDPoP: {short(proof, 16)}" if proof else ""),
+                    Text(f"HTTP {answer.status}", style="bold green"),
+                    f"WWW-Authenticate: {answer.headers.get('www-authenticate', '')}",
+                ),
+                title=what, title_align="left", border_style="green",
+            ))  # fmt: skip
+        after = self.api_requests()
+        expect(after == before, f"the API saw {after - before} of the refused requests")
+        self.out.print(Panel(
+            "Where a stolen bearer handle still works (step 4), a stolen DPoP-bound handle is refused: "
+            "without the client's private key there is no proof, and a proof it saw is accepted once only. "
+            "Turn it on for every client with --set splittoken_dpop=required.",
+            title="sender-constrained", title_align="left", border_style="green",
         ))  # fmt: skip
 
     def api_requests(self) -> int:

@@ -116,6 +116,9 @@ def serve(server: DemoServer, name: str, host: str) -> int:
     """Print the ready line tests wait for, then serve until SIGTERM or Ctrl-C, exiting cleanly."""
     # SIGTERM becomes SystemExit, which unwinds serve_forever() like Ctrl-C does: no traceback.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Python leaves SIGINT ignored when the parent ignored it (a job started in the background by a shell):
+    # Ctrl-C and `kill -INT` still stop a demo server.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:  # a signal may come as soon as the ready line is out
         print(f"{name} listening on http://{host}:{server.server_address[1]}", flush=True)
         server.serve_forever()

@@ -51,6 +51,8 @@ Test knobs (form fields of a token request, any grant; for tests only):
   access_ttl=N    the access token of this answer lives N seconds (0: already expired)
   refresh_ttl=N   the refresh token of this answer lives N seconds
   pad=N           adds a claim "pad" of N characters to the access token (large-token tests)
+  bind_jkt=T      with --dpop-bind and a valid proof, binds the answer to thumbprint T, not the proof's key
+  delay_ms=N      a refresh grant sleeps N ms more before answering (a slow authorization server)
   refresh=1       client_credentials also returns a refresh token (Keycloak returns none by default)
 A request with ``Accept: application/x-www-form-urlencoded`` gets the token answer form-encoded, as GitHub
 answers.

@@ -431,6 +431,7 @@ class Idp:
             jkt = None
             if self.config.dpop_bind and dpop:  # without --dpop-bind a DPoP header is ignored
                 jkt = dpop_thumbprint(dpop, "POST", f"{self.oidc_path}/token", time.time())
+                jkt = form.get("bind_jkt", jkt)  # test knob: a server that binds to another key
             return self.grants[grant](TokenRequest(form, client, issuer, jkt))
         except OAuthError:
             self.count("token", "errors")
@@ -471,7 +472,8 @@ class Idp:
         token = request.form.get("refresh_token")
         if not token:
             raise OAuthError(400, "invalid_request", "Missing parameter: refresh_token")
-        time.sleep(self.config.refresh_delay)  # before the check, so that concurrent refreshes really overlap
+        # Before the check, so that concurrent refreshes really overlap.
+        time.sleep(self.config.refresh_delay + int_field(request.form, "delay_ms", 0, 60_000) / 1000)
         claims = self.check_refresh(token, request)
         jkt = claims.get("cnf", {}).get("jkt")
         session = Session(request.client.client_id, claims["sub"], claims["scope"], claims["sid"], jkt)

@@ -286,3 +286,15 @@ def test_reason_outside_the_set_is_other() -> None:
     assert Reason("dpop") is Reason.DPOP
     assert Reason(JWS) is Reason.OTHER
     assert Reason("") is Reason.OTHER
+
+
+def test_a_sub_refused_once_is_refused_every_time_and_a_good_one_every_time_written(tmp_path: Path) -> None:
+    """The check and encoding of a sub are cached: only for subs that pass."""
+    path = tmp_path / "audit.log"
+    trail = AuditTrail(path)
+    for _ in range(3):
+        with pytest.raises(ValueError, match="sub looks like a JWS"):
+            trail.record(Event.JOIN, sub=JWS)
+        assert trail.record(Event.JOIN, sub='al"ice\\')
+    assert trail.close()
+    assert [json.loads(line)["sub"] for line in path.read_text().splitlines()] == ['al"ice\\'] * 3

@@ -31,11 +31,11 @@ def run_demo(*args: str, **env: str) -> str:
 
 @pytest.fixture(scope="module")
 def steps() -> list[str]:
-    """The output cut at each step's heading: the stack banner, then steps 1 to 4."""
+    """The output cut at each step's heading: the stack banner, then steps 1 to 5."""
     output = run_demo()
     assert "\x1b[" not in output, "non-tty output must be plain text"
     parts = re.split(r"^Step \d: ", output, flags=re.MULTILINE)
-    assert len(parts) == 5, output
+    assert len(parts) == 6, output
     return parts
 
 
@@ -69,6 +69,14 @@ def test_tampered_and_stolen_credentials_get_401_and_never_reach_the_api(steps: 
     counts = re.search(r"echo API has received: (\d+) before, (\d+) after", refused)
     assert counts, refused
     assert counts[1] == counts[2]
+
+
+def test_a_stolen_dpop_bound_handle_is_refused_every_way(steps: list[str]) -> None:
+    bound = steps[5]
+    assert bound.count("HTTP 401") == 3
+    assert bound.count("WWW-Authenticate: DPoP") == 3
+    # The demo itself checks that the echo API saw none of the three: run_demo asserts its exit code 0.
+    assert "Authorization: Bearer <JWT>, and no proof" in bound
 
 
 def test_no_color_on_a_terminal() -> None:

@@ -40,6 +40,9 @@ BAD_VALUES: dict[str, list[str]] = {
     "splittoken_max_ttl": INT_VALUES,
     "splittoken_refresh_max_ttl": INT_VALUES,
     "splittoken_refresh_grace": INT_VALUES,
+    "splittoken_refresh_lease": [*INT_VALUES, "0"],
+    # "1" on the directory store these start-ups use: replicas are Redis's.
+    "splittoken_min_replicas": ["many", "-1", "1"],
     "splittoken_leeway": INT_VALUES,
     "splittoken_max_body": INT_VALUES,
     "splittoken_algorithms": ["none", "RS1"],
@@ -49,6 +52,12 @@ BAD_VALUES: dict[str, list[str]] = {
     "splittoken_log_joins": ["maybe"],
     "splittoken_cors_origins": ["null", "https://app.example/callback"],
     "splittoken_cache_size": ["abc", "-1"],
+    "splittoken_dpop": ["on", "Required"],
+    "splittoken_dpop_window": [*INT_VALUES, "0"],
+    "splittoken_dpop_nonce": ["maybe"],
+    "splittoken_public_urls": ["api.example.com@8443", "https://api.example.com/v1@8443", "https://a.example@0"],
+    "splittoken_metrics": ["localhost", "127.0.0.1:99999", "http://127.0.0.1:9100/metrics"],
+    "splittoken_audit_log": ["/nonexistent-directory/audit.log", "/"],
 }
 START_UPS = [
     (tool, option, value)

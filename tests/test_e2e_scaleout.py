@@ -1,17 +1,26 @@
 """Scale-out end to end: several real mitmdump processes sharing one store, against one demo identity
 provider and one echo API.
 
-- two proxies on one real Redis: a handle issued by one is honoured, refreshed and revoked by the other;
+- two proxies on one real Redis (one server, Sentinel, Cluster): a handle issued by one is honoured, refreshed
+  and revoked by the other;
 - a Redis outage: the proxy fails closed (503 + Retry-After, nothing leaked, nothing forwarded) within a
   bounded time, and the same processes recover on their own once Redis is back;
-- three proxies on one host sharing a diskcache directory, including a concurrent burst.
+- three proxies on one host sharing a diskcache directory, including a concurrent burst;
+- one refresh per cluster: 20 concurrent refreshes through two proxies reach the IdP once, on every kind of
+  shared store, with an IdP slower than the lease; a proxy killed holding the lease is taken over;
+- Sentinel: a handle survives the master's SIGKILL and failover (503s meanwhile, never a 401), and a write
+  short of the replicas wanted is answered 503.
 
 Every process is started on free loopback ports and stopped by its own PID.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -24,6 +33,7 @@ import requests
 
 from procs import ManagedProcess
 from redis_server import RedisServer
+from redis_topologies import ClusterTopology, SentinelTopology, started
 from stack import CLIENT, REVOKE_PATH, TOKEN_PATH, Proxy, start_proxy
 
 pytestmark = pytest.mark.e2e
@@ -94,8 +104,9 @@ def handles(response: requests.Response) -> tuple[str, str]:
     return access, refresh
 
 
-def refresh(proxy: Proxy, refresh_handle: str) -> requests.Response:
-    data = {"grant_type": "refresh_token", "refresh_token": refresh_handle, **CLIENT}
+def refresh(proxy: Proxy, refresh_handle: str, **fields: str) -> requests.Response:
+    """``fields``: more form fields, e.g. the demo IdP's ``delay_ms``, or a ``client_secret`` of a thief."""
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_handle, **CLIENT, **fields}
     return requests.post(proxy.idp_url + TOKEN_PATH, data=data, timeout=HTTP_TIMEOUT)
 
 
@@ -153,14 +164,54 @@ def assert_unavailable(response: requests.Response, *secrets: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Two proxies, one Redis
+# Stores several proxies share
 
 
-def test_two_proxies_share_handles_through_one_redis(
-    idp: ManagedProcess, api: ManagedProcess, redis_server: RedisServer, start_proxies: StartProxies
+@pytest.fixture(scope="module")
+def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
+    yield from started(SentinelTopology(tmp_path_factory.mktemp("sentinel")))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
+    yield from started(ClusterTopology(tmp_path_factory.mktemp("cluster")))
+
+
+def store_of(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The ``splittoken_store`` of the kind ``request.param`` names, empty, for proxies to share."""
+    if request.param == "disk":
+        return str(tmp_path / "store")
+    if request.param == "redis":
+        return request.getfixturevalue("redis_server").url
+    topology: SentinelTopology | ClusterTopology = request.getfixturevalue(request.param)
+    return topology.url
+
+
+@pytest.fixture(params=["disk", "redis", "sentinel", "cluster"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return store_of(request, tmp_path)
+
+
+@pytest.fixture(params=["redis", "sentinel", "cluster"])
+def redis_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return store_of(request, tmp_path)
+
+
+# The lease works the same on Sentinel and Cluster as on one Redis: its holder dying is shown on these.
+@pytest.fixture(params=["disk", "redis"])
+def lease_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return store_of(request, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Two proxies, one Redis: one server, Sentinel or Cluster
+
+
+def test_two_proxies_share_handles_through_redis(
+    idp: ManagedProcess, api: ManagedProcess, redis_store: str, start_proxies: StartProxies
 ) -> None:
     # No grace: a rotated refresh handle must die at once, on every proxy.
-    a, b = start_proxies(2, redis_server.url, {"splittoken_refresh_grace": "0"})
+    a, b = start_proxies(2, redis_store, {"splittoken_refresh_grace": "0"})
 
     access, refresh_handle = handles(login(a))
 
@@ -321,3 +372,144 @@ def test_proxies_on_one_host_share_a_disk_store(
         f"burst: 60 log-ins + 60 API calls over 3 proxies in {elapsed:.2f}s; "
         f"slowest log-in {slowest_login:.3f}s, slowest API call {slowest_call:.3f}s"
     )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One refresh per cluster: a lease in the store on each refresh handle
+
+LEASE = {"splittoken_refresh_lease": "1"}  # seconds: short, so that a lease running out costs little
+SLOW_MS = "2500"  # the authorization server's refresh answer, longer than the lease: it must be renewed
+BURST = 20  # concurrent refreshes, half through each of two proxies
+
+
+def at_once(calls: list[Callable[[], requests.Response]]) -> list[requests.Response]:
+    """Every call from a thread of its own, released together."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], requests.Response]) -> requests.Response:
+        barrier.wait()
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def test_concurrent_refreshes_through_two_proxies_reach_the_idp_once(
+    idp: ManagedProcess, shared_store: str, start_proxies: StartProxies
+) -> None:
+    a, b = start_proxies(2, shared_store, LEASE)
+    access, refresh_handle = handles(login(a))
+    before = idp_stats(idp)["token"]
+
+    # 20 clients' tabs at once, half through each proxy, the authorization server slower than the lease; and
+    # among them a thief with the handle and a guessed secret.
+    calls = [
+        functools.partial(refresh, (a, b)[i % 2], refresh_handle, delay_ms=SLOW_MS) for i in range(BURST)
+    ]
+    calls.append(functools.partial(refresh, b, refresh_handle, client_secret="guessed"))
+    *answers, stolen = at_once(calls)
+
+    after = idp_stats(idp)["token"]
+    # One refresh of the client's, and the thief's, which the authorization server refused (wrong secret).
+    assert after["refresh_token"] - before["refresh_token"] == 2
+    assert after["errors"] - before["errors"] == 1
+    issued = {handles(answer) for answer in answers}
+    assert len(issued) == 1, f"{len(issued)} different answers"
+    ((new_access, new_refresh),) = issued
+    assert new_access != access and new_refresh != refresh_handle
+    # The thief got the server's verdict, and nothing of the client's answer.
+    assert stolen.status_code == 401, stolen.text
+    assert stolen.json()["error"] == "invalid_client"
+    assert new_access not in stolen.text and new_refresh not in stolen.text
+
+    for proxy in (a, b):
+        forwarded_jwt(call_api(proxy, new_access), new_access)
+    handles(refresh(b, new_refresh))  # the chain goes on from the shared answer, on either proxy
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.02)
+
+
+def test_a_proxy_killed_holding_the_lease_is_taken_over(
+    idp: ManagedProcess, lease_store: str, start_proxies: StartProxies
+) -> None:
+    a, b = start_proxies(2, lease_store, LEASE)
+    _, refresh_handle = handles(login(a))
+    before = idp_refreshes(idp)
+    with ThreadPoolExecutor(2) as pool:
+        # A holds the lease while the authorization server takes its time (longer than the lease)…
+        first = pool.submit(refresh, a, refresh_handle, delay_ms=SLOW_MS)
+        wait_for(lambda: idp_refreshes(idp) == before + 1, "A's refresh reached the IdP")
+        # …another tab of the same client asks B, which waits for A's answer…
+        second = pool.submit(refresh, b, refresh_handle)
+        # …and A dies: its lease is never renewed or released.
+        os.kill(a.process.pid, signal.SIGKILL)
+        with pytest.raises(requests.ConnectionError):
+            first.result()
+        # Once the lease runs out, B takes over and refreshes; the server answers B first (A's request, still
+        # sleeping there, comes too late for the single-use refresh token).
+        new_access, _ = handles(second.result())
+    assert idp_refreshes(idp) == before + 2
+    forwarded_jwt(call_api(b, new_access), new_access)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sentinel: a failover loses no handle a client holds
+
+FAILOVER_BOUND = 30.0  # seconds from the master's SIGKILL to answers from the new one (the issue's bound)
+
+
+@pytest.fixture
+def fresh_sentinel(tmp_path: Path) -> Iterator[SentinelTopology]:
+    """A topology of its own: a failover leaves it changed."""
+    yield from started(SentinelTopology(tmp_path))
+
+
+def until_answered(call: Callable[[], requests.Response], *secrets: str) -> tuple[requests.Response, int]:
+    """Call until the answer is no 503, each 503 a clean one (nothing a client could use, never a 401);
+    returns the answer and how many 503s came first."""
+    crashed = time.monotonic()
+    unavailable = 0
+    while (response := call()).status_code == 503:
+        assert_unavailable(response, *secrets)
+        unavailable += 1
+        assert time.monotonic() - crashed < FAILOVER_BOUND, "the proxy did not follow the new master"
+        time.sleep(0.05)
+    return response, unavailable
+
+
+def test_a_handle_survives_a_sentinel_failover(
+    fresh_sentinel: SentinelTopology, start_proxies: StartProxies
+) -> None:
+    (proxy,) = start_proxies(1, fresh_sentinel.url, {"splittoken_store_timeout_ms": "300"})
+    pid = proxy.process.pid
+    # Answered only once the replica has the records (WAIT; automatically 1 while a replica is online).
+    access, refresh_handle = handles(login(proxy))
+    old = fresh_sentinel.master()
+    old.kill()  # SIGKILL: whatever it had not sent its replica is gone
+    crashed = time.monotonic()
+
+    response, unavailable = until_answered(lambda: call_api(proxy, access), access, refresh_handle)
+    recovered = time.monotonic() - crashed
+    forwarded_jwt(response, access)  # the handle the client received before the crash, not a 401
+    assert unavailable > 0, "the failover went unnoticed: no request was answered 503"
+    assert fresh_sentinel.wait_for_failover(old) is not old
+    # Writes too (the new master has no replica left: automatically, none is waited for).
+    response, _ = until_answered(lambda: refresh(proxy, refresh_handle), access, refresh_handle)
+    new_access, _ = handles(response)
+    forwarded_jwt(call_api(proxy, new_access), new_access)
+    assert proxy.process.pid == pid and proxy.process.proc.poll() is None  # the same process, no restart
+    # Shown with -s, for the note: what the client saw.
+    print(f"master SIGKILL: {unavailable} API calls answered 503, then 200 after {recovered:.1f}s")
+
+
+def test_a_write_short_of_its_replicas_is_answered_503(
+    sentinel: SentinelTopology, start_proxies: StartProxies
+) -> None:
+    # Two replicas wanted, one there: a log-in whose handles the store cannot keep safe gets none.
+    (proxy,) = start_proxies(1, sentinel.url, {"splittoken_min_replicas": "2"})
+    assert_unavailable(login(proxy))

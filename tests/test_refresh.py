@@ -52,7 +52,7 @@ async def test_refresh_form_swaps_handle_for_real_token_and_rotates(proxy: Proxy
     assert second["access_token"] == sig(rotated["access_token"])
     assert is_handle(second["refresh_token"])
     assert second["refresh_token"] not in (handle, rotated["refresh_token"])
-    assert proxy.addon.counters["refreshes"] == 1
+    assert proxy.addon.events.counts["refreshes"] == 1
 
     # Within the grace period the old handle replays the same answer, without going upstream.
     late = refresh_flow(handle)

@@ -40,7 +40,7 @@ async def test_revoke_access_handle(proxy: Proxy, hint: str | None) -> None:
     assert answer.status_code == 200
     api = api_flow(f"Bearer {handle}")
     await assert_refused(proxy, api, 401, "invalid_token")
-    assert proxy.addon.counters["revocations"] == 1
+    assert proxy.addon.events.counts["revocations"] == 1
 
 
 async def test_revoke_refresh_handle(proxy: Proxy) -> None:

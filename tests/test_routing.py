@@ -130,12 +130,15 @@ def test_revocation_goes_only_beside_the_token_endpoint() -> None:
 
 def test_authorization_servers_are_learnt_from_their_token_endpoints() -> None:
     servers = routing.AuthorizationServers()
-    userinfo = token_flow(url=f"{IDP}/userinfo")
-    assert not servers.serve(userinfo)
+
+    def served(url: str) -> bool:
+        return servers.serve(routing.endpoint(token_flow(url=url)))
+
+    assert not served(f"{IDP}/userinfo")
     servers.learn("http://idp.example:80/realms/demo/protocol/openid-connect/token")
-    assert servers.serve(userinfo)
-    assert servers.serve(token_flow(url=f"{IDP}/x/../token/"))
-    assert not servers.serve(token_flow(url="http://idp.example/api/orders"))
+    assert served(f"{IDP}/userinfo")
+    assert served(f"{IDP}/x/../token/")
+    assert not served("http://idp.example/api/orders")
 
 
 # ---------------------------------------------------------------------------------------------------------

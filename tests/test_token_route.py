@@ -56,7 +56,7 @@ async def test_json_token_response_is_split(proxy: Proxy) -> None:
     assert access.rpartition(".")[0].encode() not in raw
     assert fields["refresh_token"].encode() not in raw
     assert proxy.records == 2
-    assert proxy.addon.counters["splits"] == 1
+    assert proxy.addon.events.counts["splits"] == 1
 
     flow = api_flow(f"Bearer {body['access_token']}")
     assert await proxy.request(flow)

@@ -162,6 +162,19 @@ def test_vault_record_copied_under_another_key_is_not_found() -> None:
     assert vault.find_now(attacker) is None
 
 
+def test_leases_and_a_closed_vault_fail_closed(tmp_path: Path) -> None:
+    vault = Vault(DiskStore(tmp_path))
+    assert asyncio.run(vault.lease("refresh-x", "me", 5.0))
+    assert not asyncio.run(vault.lease("refresh-x", "other", 5.0))
+    assert asyncio.run(vault.release("refresh-x", "me"))
+    vault.close()
+    # What still holds a vault that a reconfiguration replaced (a lease being renewed) gets a store error.
+    with pytest.raises(StoreUnavailable, match="closed"):
+        asyncio.run(vault.lease("refresh-x", "me", 5.0))
+    with pytest.raises(StoreUnavailable, match="closed"):
+        asyncio.run(vault.find(HANDLE))
+
+
 def test_new_refresh_handles_are_long_random_base64url() -> None:
     handles = {new_refresh_handle() for _ in range(1000)}
     assert len(handles) == 1000

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections import Counter
 from collections.abc import Awaitable
 from typing import Any
 
@@ -21,11 +20,12 @@ from . import options, policy, routing
 from .answers import Answers, to_response
 from .api_route import Discovered
 from .errors import OptionInvalid, StoreUnavailable
+from .events import COUNTS, Events
 from .options import Settings
 from .refresh import Flights
 from .routes import Routes, jwks_client
 from .state import META, FlowState, redact
-from .store import open_store
+from .store import ReplicasInvalid, open_store
 from .vault import Vault, describe
 
 logger = logging.getLogger("splittoken")
@@ -37,8 +37,8 @@ class SplitToken:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.vault: Vault | None = None
-        self.counters: Counter[str] = Counter()
-        self.answers = Answers(self.counters)
+        self.events = Events()  # counted for splittoken.stats, and the metrics and audit trail when on
+        self.answers = Answers(self.events)
         self.flights: Flights = {}
         # What the addon knows of each flow in flight; published to flow.metadata without its secrets.
         self.flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = weakref.WeakKeyDictionary()
@@ -62,6 +62,7 @@ class SplitToken:
             return
         try:
             settings = options.parse_settings(ctx.options)
+            self.events.configure(settings.metrics, settings.audit_log)
             vault = self._vault_for(settings)
         except OptionInvalid as e:
             if self.settings is None:
@@ -79,13 +80,17 @@ class SplitToken:
         if (
             self.vault
             and previous
-            and (previous.store, previous.store_timeout, previous.cache_size)
-            == (settings.store, settings.store_timeout, settings.cache_size)
+            and (previous.store, previous.store_timeout, previous.cache_size, previous.min_replicas)
+            == (settings.store, settings.store_timeout, settings.cache_size, settings.min_replicas)
         ):
             self.vault.leeway = settings.leeway
             return self.vault
         try:
-            store = open_store(settings.store, timeout=settings.store_timeout)
+            store = open_store(
+                settings.store, timeout=settings.store_timeout, min_replicas=settings.min_replicas
+            )
+        except ReplicasInvalid as e:
+            raise OptionInvalid("splittoken_min_replicas", str(e)) from None
         except (StoreUnavailable, ValueError) as e:
             raise OptionInvalid("splittoken_store", str(e)) from None
         if self.vault:
@@ -96,8 +101,9 @@ class SplitToken:
     def _build_routes(self, settings: Settings, vault: Vault) -> None:
         self.jwks = jwks_client(settings.jwks_url, self.jwks)
         self.answers.cors.origins = settings.cors_origins
+        self.events.watch(vault)
         self.routes = Routes(
-            settings, vault, self.answers, self.counters, self.flights, self.discovered,
+            settings, vault, self.answers, self.events, self.flights, self.discovered,
             self.authorization_servers, self.jwks,
         )  # fmt: skip
 
@@ -122,6 +128,7 @@ class SplitToken:
         if self.vault:
             self.vault.close()
             self.vault = None
+        self.events.close()
 
     # -----------------------------------------------------------------------------------------------------
     # Hooks
@@ -136,12 +143,13 @@ class SplitToken:
             return None
         st = self.flows[flow] = FlowState(
             classified.route, fallback=classified.fallback,
-            authorization_server=self.authorization_servers.serve(flow),
+            authorization_server=self.authorization_servers.serve(classified.endpoint),
         )  # fmt: skip
-        st.publish(flow.metadata)
         if st.route == "api":
-            # Re-joining needs only the headers; done here so that streamed request bodies work too.
+            # Re-joining needs only the headers; done here so that streamed request bodies work too. The
+            # guard publishes the state.
             return self.answers.guard(flow, st, self.routes.api.request(flow, st), policy.store_unavailable())
+        st.publish(flow.metadata)
         # Token and revocation bodies are read and rewritten: they must be buffered, never streamed, and
         # answered uncompressed, so that a response is judged without inflating what a server compressed.
         flow.request.stream = False
@@ -175,14 +183,13 @@ class SplitToken:
 
     @command.command("splittoken.stats")
     def stats(self) -> str:
-        """Records in the store, and splits, joins and refusals since start."""
+        """Records in the store, and splits, joins, refusals and the other events since start."""
         assert self.vault
         try:
             store_part = describe(self.vault.stats_now())
         except StoreUnavailable as e:
             store_part = f"store unavailable ({e})"
-        names = ("splits", "joins", "refreshes", "revocations", "refusals")
-        counts = " ".join(f"{name}={self.counters[name]}" for name in names)
+        counts = " ".join(f"{name}={self.events.counts[name]}" for name in COUNTS)
         return f"{store_part} {counts}"
 
     @command.command("splittoken.revoke")
@@ -190,7 +197,7 @@ class SplitToken:
         """Forget a handle (access or refresh): it is refused from now on."""
         assert self.vault
         if self.vault.forget_now(handle.strip()):
-            self.counters["revocations"] += 1
+            self.events.revoke(None, handle.strip(), "")
             return f"revoked {redact(handle)}"
         return f"no such handle {redact(handle)}"
 

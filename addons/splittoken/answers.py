@@ -6,15 +6,17 @@ failure lets a token through: a store outage answers 503, anything unexpected an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections import Counter
 from collections.abc import Awaitable
 
 from mitmproxy import http
 
 from . import policy
+from .audit import Reason, handle_id
 from .cors import Cors
 from .errors import StoreUnavailable
+from .events import Events
 from .policy import Refusal
 from .routing import logged_path
 from .state import FlowState
@@ -23,8 +25,8 @@ logger = logging.getLogger("splittoken")
 
 
 class Answers:
-    def __init__(self, counters: Counter[str]) -> None:
-        self.counters = counters
+    def __init__(self, events: Events) -> None:
+        self.events = events
         self.cors = Cors()  # what browser origins may read of these answers; lives as long as the addon
 
     def answer(
@@ -36,12 +38,15 @@ class Answers:
         flow.response = response
         st.answered = True
         if refused:
-            self.counters["refusals"] += 1
             st.refused = note
         annotate(flow, note, refused)
 
-    def refuse(self, flow: http.HTTPFlow, st: FlowState, refusal: Refusal) -> None:
+    def refuse(self, flow: http.HTTPFlow, st: FlowState, refusal: Refusal, handle: str = "") -> None:
+        """``handle``: the handle the request presented, when known, for the audit trail."""
+        if handle:
+            st.handle_id = handle_id(handle)
         self.answer(flow, st, to_response(refusal), f"refused: {refusal.description}")
+        self.events.refuse(flow, st, refusal.reason)
         logger.info("refused %s %s: %s", flow.request.method, logged_path(flow), refusal.description)
 
     async def guard(
@@ -52,12 +57,13 @@ class Answers:
             await work
         except StoreUnavailable as e:
             logger.error("token store unavailable: %s", e)
+            self.events.store_error()
             self.refuse(flow, st, policy.store_unavailable())
         except Exception as e:
             # Instead of mitmproxy's default of forwarding the flow as is. The text could hold a token: log
             # the type only.
             logger.error("split-token failed on %s: %s", logged_path(flow), type(e).__name__)
-            self.refuse(flow, st, on_error)
+            self.refuse(flow, st, dataclasses.replace(on_error, reason=Reason.INTERNAL))
         finally:
             st.publish(flow.metadata)
 

@@ -12,9 +12,9 @@ import json
 import logging
 import re
 import sys
+import time
 import urllib.parse
 import zlib
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 import brotli
@@ -23,8 +23,11 @@ from mitmproxy.net.http import url
 
 from . import jws, policy
 from .answers import Answers, annotate
+from .audit import Reason, handle_id
+from .events import Events
 from .options import Settings
 from .policy import Refusal
+from .possession import Possession
 from .redaction import Echo, Scanner
 from .routing import (
     destination_is_named,
@@ -61,14 +64,15 @@ Decoder = Callable[[bytes, bool], bytes]  # (chunk, final) -> decoded bytes
 
 class ApiRoute:
     def __init__(
-        self, settings: Settings, vault: Vault, answers: Answers, counters: Counter[str],
+        self, settings: Settings, vault: Vault, answers: Answers, events: Events,
         discovered: Discovered,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.vault = vault
         self.answers = answers
-        self.counters = counters
+        self.events = events
         self.discovered = discovered
+        self.possession = Possession(settings, vault)
 
     async def request(self, flow: http.HTTPFlow, st: FlowState) -> None:
         if "authorization" not in flow.request.headers and (is_cors_preflight(flow) or self._public(flow)):
@@ -77,23 +81,30 @@ class ApiRoute:
             return None
         if refusal := self._precheck(flow):
             return self.answers.refuse(flow, st, refusal)
-        presented = policy.read_authorization(flow.request.headers.get_all("authorization"))
+        presented = await self.possession.read_authorization(flow, st)
         if isinstance(presented, Refusal):
             return self.answers.refuse(flow, st, presented)
         if presented.is_jwt:
             if self.settings.allow_client_jwt:
                 annotate(flow, "client presented a full JWT (allowed by splittoken_allow_client_jwt)")
                 return None
-            return self.answers.refuse(flow, st, policy.invalid_token("present the handle, not a JWT"))
+            refusal = policy.invalid_token("present the handle, not a JWT", Reason.CLIENT_JWT)
+            return self.answers.refuse(flow, st, refusal)
         handle = presented.credential
+        started = time.perf_counter()
         record = await self.vault.find(handle)
+        if refusal := self.possession.judge(presented, record, st):
+            return self.answers.refuse(flow, st, refusal, handle)
         if record is None or record.kind != "access":
-            return self.answers.refuse(flow, st, policy.invalid_token("unknown, expired or revoked handle"))
+            refusal = policy.invalid_token("unknown, expired or revoked handle")
+            return self.answers.refuse(flow, st, refusal, handle)
         st.swapped_in = jws.join(record.secret, handle)
         flow.request.headers["authorization"] = f"Bearer {st.swapped_in}"
-        self.counters["joins"] += 1
         st.event, st.handle, st.subject = "joined", redact(handle), record.subject
-        annotate(flow, f"re-joined handle {redact(handle)} for sub={record.subject or '?'}")
+        st.handle_id = handle_id(handle)
+        self.events.join(flow, st, time.perf_counter() - started)
+        bound = "DPoP-bound " if record.jkt else ""
+        annotate(flow, f"re-joined {bound}handle {redact(handle)} for sub={record.subject or '?'}")
         if self.settings.log_joins:
             logger.info("joined handle %s", redact(handle))
         return None
@@ -110,9 +121,9 @@ class ApiRoute:
         if not in_reverse_mode(flow) and not destination_is_named(flow):
             # ~d matches the Host header as well as the destination: a request to evil.net that says
             # "Host: api.example.com" would match an api filter naming api.example.com.
-            return policy.invalid_request("Host header does not name the destination")
+            return policy.invalid_request("Host header does not name the destination", Reason.DESTINATION)
         if flow.request.method == "TRACE":
-            return policy.invalid_request("TRACE would echo the token back")
+            return policy.invalid_request("TRACE would echo the token back", Reason.METHOD)
         return None
 
     def responseheaders(self, flow: http.HTTPFlow, st: FlowState) -> None:

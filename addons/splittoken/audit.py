@@ -72,6 +72,9 @@ class Reason(enum.StrEnum):
     INVALID_GRANT = "invalid_grant"  # unknown, expired or revoked refresh handle
     DESTINATION = "destination"  # a handle sent to a host it is not for
     METHOD = "method"  # a method that would echo the token back (TRACE)
+    API_RESPONSE = "api_response"  # an API answer quoting the JWT in a form that cannot be rewritten
+    TIMEOUT = "timeout"  # waited too long for a refresh of the same handle under way
+    INTERNAL = "internal"  # the proxy failed (a bug): the request refused rather than passed as is
     OTHER = "other"
 
     @classmethod
@@ -92,12 +95,19 @@ def _checked_id(name: str, value: str) -> str:
     return value
 
 
-def _checked_sub(sub: str) -> str:
+def _sub_member(sub: str) -> str:
     if not isinstance(sub, str) or not sub.isprintable() or len(sub) > _MAX_SUB:
         raise ValueError(f"sub must be printable text of at most {_MAX_SUB} characters")
+    return _checked_sub_member(sub)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_sub_member(sub: str) -> str:
+    # Cached: the same few subjects come again and again, and checking and encoding one costs more than the
+    # rest of record(). A sub is no secret (it is in every line), so keeping it here is no risk.
     if _JWS_LIKE.search(sub):
         raise ValueError("sub looks like a JWS: pass the sub claim, not a token")
-    return sub
+    return f',"sub":{json.dumps(sub)}'
 
 
 _NOT_AN_ADDRESS = "client must be a socket address (IP address, port)"
@@ -215,7 +225,7 @@ class AuditTrail:
         if new_handle_id is not None:
             members += f',"new_handle_id":"{_checked_id("new_handle_id", new_handle_id)}"'
         if sub is not None:
-            members += f',"sub":{json.dumps(_checked_sub(sub))}'
+            members += _sub_member(sub)
         if client is not None:
             members += f',"client":"{_client_address(client)}"'
         if self._closed or self._queue.qsize() >= self.queue_size:

@@ -16,7 +16,7 @@ from mitmproxy import http
 from .routing import origin
 
 # What a page must read of a refusal beyond the CORS-safelisted headers.
-EXPOSED = "WWW-Authenticate, Retry-After"
+EXPOSED = "WWW-Authenticate, Retry-After, DPoP-Nonce"
 _ANSWER_HEADERS = (
     "Access-Control-Allow-Origin", "Access-Control-Allow-Credentials", "Access-Control-Expose-Headers",
 )  # fmt: skip

@@ -10,7 +10,8 @@
 Each ``Metrics`` owns its registry, so two instances (two addons, two tests) never collide and nothing lands
 in prometheus_client's global one. No label carries free text: the only label, ``reason``, takes the values
 of ``audit.Reason``. Counting is cheap (about 1 µs a counter, 3 µs a join with its histogram); the gauges
-are read when scraped, on the listener's thread, by callables the proxy sets.
+are read when scraped, on the listener's thread, by callables the proxy sets. The store's size is not among
+them: counting a store's records is a scan (Redis SCAN, a SQL count), too slow for every scrape.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 
 
 class Metrics:
-    """The proxy's counters, its join latency histogram and the gauges read when scraped.
+    """The proxy's counters, its join latency histogram and the values read when scraped.
 
     The gauge sources are plain attributes, callables returning a number, None (the default) leaving the
     metric out. They run on the listener's thread at every scrape, so they must be thread-safe and quick
@@ -74,8 +75,6 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.store_records: Callable[[], float] | None = None
-        self.store_expired: Callable[[], float] | None = None
         self.cache_entries: Callable[[], float] | None = None
         self.audit_dropped: Callable[[], float] | None = None
         self._server: WSGIServer | None = None
@@ -86,9 +85,9 @@ class Metrics:
 
         self._splits = counter("splittoken_splits_total", "Access tokens split into a handle.")
         self._joins = counter("splittoken_joins_total", "Handles swapped back for their JWT on an API call.")
-        self._refreshes = counter("splittoken_refreshes_total", "Refresh handles swapped for a refresh.")
+        self._refreshes = counter("splittoken_refreshes_total", "Refresh grants answered with new handles.")
         self._revocations = counter("splittoken_revocations_total", "Handles revoked.")
-        self._introspections = counter("splittoken_introspections_total", "Handles swapped to introspect.")
+        self._introspections = counter("splittoken_introspections_total", "Handles introspected.")
         self._store_errors = counter("splittoken_store_errors_total", "Store calls that failed.")
         refusals = Counter(
             "splittoken_refusals_total", "Requests refused, by reason.", ["reason"], registry=self.registry
@@ -148,10 +147,6 @@ class Metrics:
 
 # (attribute of Metrics holding the source, metric family, name, help): the metrics read when scraped.
 _SAMPLED = (
-    ("store_records", GaugeMetricFamily, "splittoken_store_records",
-     "Records in the store, expired ones not yet purged included."),
-    ("store_expired", GaugeMetricFamily, "splittoken_store_expired",
-     "Expired records not yet purged from the store."),
     ("cache_entries", GaugeMetricFamily, "splittoken_cache_entries",
      "Opened records held in the proxy's cache."),
     ("audit_dropped", CounterMetricFamily, "splittoken_audit_dropped_total",

@@ -11,8 +11,8 @@ import itertools
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast, get_args
 
 import jwt
 from mitmproxy import exceptions, flowfilter
@@ -20,6 +20,7 @@ from mitmproxy.utils import human
 
 from . import jws
 from .errors import OptionInvalid
+from .metrics import parse_listen_address
 
 # The path, not the query, must end in /token (…?next=/token is no token endpoint). ~u matches the whole URL.
 DEFAULT_TOKEN_FILTER = '~m POST & ~u "^[^?]*/token($|[?])"'
@@ -52,6 +53,12 @@ DEFAULT_PUBLIC_FILTER = f'~m GET & ~u "^[a-z]+://[^/?#]+({_PUBLIC_PATHS})([?]|$)
 # A serialized origin (RFC 6454 §6.2): a scheme, a host (a name, an IPv4 or a bracketed IPv6 address) and
 # an optional port; "null" (sandboxed pages) is no origin to trust.
 _ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://([a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\])(:[0-9]{1,5})?")
+# splittoken_public_urls: an http(s) origin, then the listen port it stands for.
+_PUBLIC_URL = re.compile(
+    r"(?P<origin>https?://([a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\])(:[0-9]{1,5})?)@(?P<port>[0-9]{1,5})"
+)
+
+DPoPMode = Literal["off", "optional", "required"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,16 @@ OPTIONS: tuple[Option, ...] = (
            "Longest life of a refresh handle, in seconds; used when the response has no refresh_expires_in."),
     Option("splittoken_refresh_grace", int, 10,
            "Seconds a refresh handle just replaced by rotation still answers, with the same new handles."),
+    Option("splittoken_refresh_lease", int, 10, """
+        Seconds a proxy's claim on a refresh handle lasts in the store, renewed every third of it while the
+        refresh is upstream: proxies on one store send one refresh of a handle at a time, and the others
+        answer with its new handles. A proxy that dies mid-refresh blocks the handle this long.
+        """),
+    Option("splittoken_min_replicas", str, "auto", """
+        Redis replicas that must have a write (WAIT) before the client gets its answer, so that a failover
+        cannot lose a handle the client holds; fewer answer 503. auto: 1 when the master has a replica
+        online, else 0. Not for Redis Cluster (0 or auto) nor a directory (auto).
+        """),
     Option("splittoken_leeway", int, 0,
            "Clock-skew leeway in seconds when judging whether a token or handle has expired."),
     Option("splittoken_algorithms", Sequence[str], list(jws.DEFAULT_ALGORITHMS),
@@ -124,6 +141,35 @@ OPTIONS: tuple[Option, ...] = (
            "of microseconds, dispatched to every addon; flow comments and the audit trail remain)."),
     Option("splittoken_max_body", int, 1024 * 1024,
            "Largest token endpoint response, in bytes, that is parsed; larger ones are refused (502)."),
+    Option("splittoken_metrics", str, "", """
+        host:port ([v6]:port for IPv6) where Prometheus metrics are served at /metrics, on a listener of
+        their own, not through the proxy's; e.g. 127.0.0.1:9100. Empty: no metrics.
+        """),
+    Option("splittoken_audit_log", str, "", """
+        File the audit trail is appended to: one JSON object per line for every split, join, refusal,
+        refresh, revocation and introspection, naming handles only by a non-reversible handle_id, never a
+        token or a claim other than sub. Reopened after logrotate renames it. Empty: no audit trail.
+        """),
+    Option("splittoken_dpop", str, "optional", """
+        DPoP (RFC 9449) sender-constrained handles. optional: a token request with a valid DPoP proof gets
+        handles bound to the proof's key, usable only with 'Authorization: DPoP' and a proof by that key;
+        one without gets bearer handles. required: a token request without a valid proof is refused
+        (400 invalid_dpop_proof). off: DPoP headers are not looked at.
+        """),
+    Option("splittoken_dpop_window", int, 60,
+           "Seconds a DPoP proof's iat may be off from the proxy's clock, either way; a proof's jti is "
+           "remembered in the store for twice as long, so that it is accepted once."),
+    Option("splittoken_dpop_nonce", bool, False, """
+        Demand a server nonce (RFC 9449 §8, §9) in every DPoP proof: a proof without the current one is
+        answered use_dpop_nonce with the nonce in DPoP-Nonce. The nonce changes every splittoken_dpop_window
+        seconds (the previous one stays good for one more), and is shared by every proxy on the store.
+        """),
+    Option("splittoken_public_urls", Sequence[str], [], """
+        The URL clients use to reach a listener, as 'https://api.example.com@8443' (origin, then the listen
+        port, as in --mode reverse:…@port): what DPoP proofs must name in htu. Needed behind a load balancer
+        or TLS terminator, or for a listener clients reach by name; without an entry a reverse-proxy
+        listener is the scheme, address and port the client connected to.
+        """),
 )  # fmt: skip
 
 NAMES = frozenset(option.name for option in OPTIONS)
@@ -152,6 +198,14 @@ class Settings:
     log_joins: bool
     max_body: int
     cors_origins: frozenset[str] = frozenset()  # lower case; "*" for any origin
+    refresh_lease: int = 10  # seconds
+    min_replicas: int | None = None  # None: automatic
+    dpop: DPoPMode = "optional"
+    dpop_window: int = 60  # seconds
+    dpop_nonce: bool = False
+    public_urls: Mapping[int, str] = field(default_factory=dict)  # listen port -> origin clients use
+    metrics: tuple[str, int] | None = None  # (host, port) to serve /metrics on; None: off
+    audit_log: str = ""  # the audit trail's file; empty: off
     stream_large_bodies: int | None = None  # mitmproxy streams bodies larger than this (bytes)
     warnings: tuple[str, ...] = ()  # accepted, but worth telling the operator
 
@@ -192,6 +246,14 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
         log_joins=_flag(values, "splittoken_log_joins"),
         max_body=_max_body(values, streamed),
         cors_origins=_cors_origins(values),
+        refresh_lease=_count(values, "splittoken_refresh_lease", minimum=1),
+        min_replicas=_min_replicas(values),
+        dpop=_dpop(values),
+        dpop_window=_count(values, "splittoken_dpop_window", minimum=1),
+        dpop_nonce=_flag(values, "splittoken_dpop_nonce"),
+        public_urls=_public_urls(values),
+        metrics=_metrics(values),
+        audit_log=os.path.expanduser(_text(values, "splittoken_audit_log")),
         stream_large_bodies=streamed,
         warnings=warnings,
     )
@@ -289,6 +351,47 @@ def _cors_origins(values: Mapping[str, Any]) -> frozenset[str]:
         if entry != "*" and not _ORIGIN.fullmatch(entry):
             raise OptionInvalid(name, f"not an origin (scheme://host[:port], no path): {entry[:80]!r}")
     return frozenset(o.lower() for o in chosen)
+
+
+def _metrics(values: Mapping[str, Any]) -> tuple[str, int] | None:
+    address = _text(values, "splittoken_metrics").strip()
+    try:
+        return parse_listen_address(address) if address else None
+    except ValueError as e:
+        raise OptionInvalid("splittoken_metrics", str(e)) from None
+
+
+def _dpop(values: Mapping[str, Any]) -> DPoPMode:
+    mode = _text(values, "splittoken_dpop")
+    if mode not in get_args(DPoPMode):
+        raise OptionInvalid("splittoken_dpop", f"must be off, optional or required, not {mode[:80]!r}")
+    return cast(DPoPMode, mode)
+
+
+def _public_urls(values: Mapping[str, Any]) -> dict[int, str]:
+    name = "splittoken_public_urls"
+    chosen = _value(values, name)
+    if isinstance(chosen, str) or not all(isinstance(entry, str) for entry in chosen):
+        raise OptionInvalid(name, f"must be a list of origin@port, not {chosen!r}")
+    urls: dict[int, str] = {}
+    for entry in chosen:
+        m = _PUBLIC_URL.fullmatch(entry)
+        port = int(m["port"]) if m else 0
+        if not m or not 0 < port < 65536:
+            raise OptionInvalid(name, f"not origin@port (https://api.example.com@8443): {entry[:80]!r}")
+        if port in urls:
+            raise OptionInvalid(name, f"listen port {port} named twice")
+        urls[port] = m["origin"]
+    return urls
+
+
+def _min_replicas(values: Mapping[str, Any]) -> int | None:
+    chosen = _text(values, "splittoken_min_replicas").strip()
+    if chosen == "auto":
+        return None
+    if not (chosen.isascii() and chosen.isdigit()):
+        raise OptionInvalid("splittoken_min_replicas", f"must be auto or a whole number, not {chosen[:80]!r}")
+    return int(chosen)
 
 
 def _jwks_url(values: Mapping[str, Any]) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import jws
+from .audit import Reason
 from .errors import TooLarge, Unparseable
 
 # RFC 6750 §2.1: b64token. Handles are base64url; anything else is a malformed request.
@@ -39,6 +40,7 @@ class Refusal:
     error: str | None
     description: str
     headers: tuple[tuple[str, str], ...] = ()
+    reason: Reason = Reason.OTHER  # what metrics and the audit trail call it: no free text there
 
     def body(self) -> bytes:
         answer = {"error": self.error} if self.error else {}
@@ -62,36 +64,54 @@ def _bearer_challenge(error: str | None = None, description: str = "") -> tuple[
 
 def missing_credentials() -> Refusal:
     # RFC 6750 §3.1: a request with no authentication information gets a challenge without an error code.
-    return Refusal(401, None, "authentication required", (_bearer_challenge(),))
+    return Refusal(401, None, "authentication required", (_bearer_challenge(),), Reason.MISSING)
 
 
-def invalid_token(description: str) -> Refusal:
-    return Refusal(401, "invalid_token", description, (_bearer_challenge("invalid_token", description),))
+def invalid_token(description: str, reason: Reason = Reason.UNKNOWN_HANDLE) -> Refusal:
+    challenge = _bearer_challenge("invalid_token", description)
+    return Refusal(401, "invalid_token", description, (challenge,), reason)
 
 
-def invalid_request(description: str) -> Refusal:
-    return Refusal(400, "invalid_request", description, (_bearer_challenge("invalid_request", description),))
+def invalid_request(description: str, reason: Reason = Reason.MALFORMED) -> Refusal:
+    challenge = _bearer_challenge("invalid_request", description)
+    return Refusal(400, "invalid_request", description, (challenge,), reason)
 
 
 def invalid_grant(description: str) -> Refusal:
-    return Refusal(400, "invalid_grant", description)
+    return Refusal(400, "invalid_grant", description, reason=Reason.INVALID_GRANT)
+
+
+def invalid_dpop_proof(description: str, error: str = "invalid_dpop_proof") -> Refusal:
+    # RFC 9449 §5: a token request's proof is refused as any token request error is (RFC 6749 §5.2); error is
+    # use_dpop_nonce when it lacks the server's nonce (§8).
+    return Refusal(400, error, description, reason=Reason.DPOP)
+
+
+def dpop_refused(error: str, description: str, algorithms: Iterable[str]) -> Refusal:
+    """An API call with a DPoP-bound handle refused (RFC 9449 §7.1): ``error`` is invalid_dpop_proof (the
+    proof), invalid_token (the handle, or a bound one presented as Bearer) or use_dpop_nonce; ``algs`` tells
+    the client which proof algorithms are accepted."""
+    algs = " ".join(algorithms)
+    challenge = f'DPoP error="{error}", error_description="{_quoted(description)}", algs="{algs}"'
+    return Refusal(401, error, description, (("WWW-Authenticate", challenge),), Reason.DPOP)
 
 
 def store_unavailable(retry_after: int = 5) -> Refusal:
     return Refusal(
         503, "temporarily_unavailable", "token store unavailable, try again later",
-        (("Retry-After", str(retry_after)),),
+        (("Retry-After", str(retry_after)),), Reason.STORE_UNAVAILABLE,
     )  # fmt: skip
 
 
 def bad_gateway(description: str) -> Refusal:
     # The authorization server answered with something the proxy will not hand on (RFC 9110 §15.6.3).
-    return Refusal(502, "server_error", f"authorization server response refused: {description}")
+    description = f"authorization server response refused: {description}"
+    return Refusal(502, "server_error", description, reason=Reason.BAD_GATEWAY)
 
 
 def api_response_refused(description: str) -> Refusal:
     # The API answered with the JWT the proxy put in, in a form the proxy cannot take out.
-    return Refusal(502, "server_error", f"API response refused: {description}")
+    return Refusal(502, "server_error", f"API response refused: {description}", reason=Reason.API_RESPONSE)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -68,30 +68,8 @@ def multi_host_options(url: str, kind: str) -> tuple[list[tuple[str, int]], str,
     if parts.fragment:
         raise ValueError("a '#' (percent-encode it in a password)")
     userinfo, at, hostlist = parts.netloc.rpartition("@")
-    nodes = []
-    for item in hostlist.split(","):
-        try:
-            node = urlsplit("//" + item)
-            host, port = node.hostname, node.port
-        except ValueError:
-            raise ValueError(_UNREADABLE_HOST) from None
-        if not host:
-            raise ValueError("a host is missing (host:port[,host:port…])")
-        nodes.append((host, port or _DEFAULT_PORTS[kind]))
-    path = unquote(parts.path)
-    if kind == "sentinel":
-        service, _, db = path.removeprefix("/").partition("/")
-        db = db.removesuffix("/")
-        if not service:
-            raise ValueError(
-                "no service name (redis+sentinel://host:port[,host:port…]/<service-name>[/<db>])"
-            )
-        if db and not db.isdigit():
-            raise ValueError(f"the path after the service name must be a database number, not {db!r}")
-    else:
-        service, db = "", ""
-        if path.strip("/"):
-            raise ValueError("a path: Redis Cluster has one database and the URL names none")
+    nodes = [_node(item, kind) for item in hostlist.split(",")]
+    service, db = _service_and_db(unquote(parts.path), kind)
     base = "rediss" if parts.scheme.startswith("rediss") else "redis"
     query = f"?{parts.query}" if parts.query else ""
     options = redis.connection.parse_url(f"{base}://{userinfo}{at}{hostlist.split(',')[0]}/{db}{query}")
@@ -102,6 +80,31 @@ def multi_host_options(url: str, kind: str) -> tuple[list[tuple[str, int]], str,
     if kind == "cluster" and options.pop("db", 0) != 0:
         raise ValueError("Redis Cluster has only database 0")
     return nodes, service, options
+
+
+def _node(item: str, kind: str) -> tuple[str, int]:
+    try:
+        node = urlsplit("//" + item)
+        host, port = node.hostname, node.port
+    except ValueError:
+        raise ValueError(_UNREADABLE_HOST) from None
+    if not host:
+        raise ValueError("a host is missing (host:port[,host:port…])")
+    return host, port or _DEFAULT_PORTS[kind]
+
+
+def _service_and_db(path: str, kind: str) -> tuple[str, str]:
+    if kind == "cluster":
+        if path.strip("/"):
+            raise ValueError("a path: Redis Cluster has one database and the URL names none")
+        return "", ""
+    service, _, db = path.removeprefix("/").partition("/")
+    db = db.removesuffix("/")
+    if not service:
+        raise ValueError("no service name (redis+sentinel://host:port[,host:port…]/<service-name>[/<db>])")
+    if db and not db.isdigit():
+        raise ValueError(f"the path after the service name must be a database number, not {db!r}")
+    return service, db
 
 
 def check_options(options: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from .redis_config import (
     multi_host_options,
     redact_redis_url,
 )
-from .store import StoreStats, check_lease
+from .store import ReplicasInvalid, StoreStats, check_lease
 
 # A Sentinel master's client is a plain redis.Redis; its pool asks the sentinels where the master is.
 type _Client = redis.Redis | RedisCluster
@@ -108,9 +108,9 @@ class RedisStore:
         scheme = url.partition("://")[0]
         kind = scheme.partition("+")[2] if scheme in (*SENTINEL_SCHEMES, *CLUSTER_SCHEMES) else ""
         if min_replicas is not None and min_replicas < 0:
-            raise ValueError(f"min_replicas must be 0 or more, not {min_replicas}")
+            raise ReplicasInvalid(f"min_replicas must be 0 or more, not {min_replicas}")
         if kind == "cluster" and min_replicas:
-            raise ValueError("min_replicas: Redis Cluster writes are not waited for")
+            raise ReplicasInvalid("min_replicas: Redis Cluster writes are not waited for")
         self._min_replicas = 0 if kind == "cluster" else min_replicas
         try:
             self._password: str | None = self._configure(url, scheme, kind).get("password")

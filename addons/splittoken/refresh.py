@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from dataclasses import dataclass
 
 from mitmproxy import http
 
 from . import policy
 from .answers import Answers, to_response, token_answer
+from .audit import Reason
 from .errors import Unparseable
 from .policy import Refusal, TokenBody
+from .refresh_lock import LEASE_SECONDS, RefreshLock, WaitedTooLong
 from .routing import issued_here
 from .seal import Record, store_key
 from .state import FlowState
@@ -30,6 +31,7 @@ from .vault import Vault
 
 # How long a client waiting on another request's refresh of the same handle waits before giving up.
 REFRESH_WAIT_SECONDS = 60.0
+STILL_UNDER_WAY = Refusal(504, "temporarily_unavailable", "refresh still under way", reason=Reason.TIMEOUT)
 # Links followed from a rotated handle to its chain's current one: more rotations than a grace period sees.
 CHAIN_LIMIT = 16
 
@@ -51,11 +53,15 @@ Flights = dict[str, Flight]
 
 
 class Refreshes:
-    def __init__(self, vault: Vault, answers: Answers, counters: Counter[str], flights: Flights) -> None:
+    def __init__(
+        self, vault: Vault, answers: Answers, flights: Flights, *,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:  # fmt: skip
         self.vault = vault
         self.answers = answers
-        self.counters = counters
         self._flights = flights
+        # Across proxies on the store, as the flights are within this one.
+        self.lock = RefreshLock(vault, lease_seconds, REFRESH_WAIT_SECONDS)
 
     async def begin(self, flow: http.HTTPFlow, st: FlowState, body: TokenBody) -> None:
         """Swap the refresh handle in a refresh grant for the real refresh token, or answer here."""
@@ -64,6 +70,8 @@ class Refreshes:
         if handle is None:
             return answers.refuse(flow, st, policy.invalid_grant("unknown refresh token"))
         st.client = policy.client_authentication(flow.request.headers.get("authorization", ""), body.fields)
+        # The DPoP key is part of who the client is (RFC 9449 §5): no other key shares its flight or replay.
+        st.client += f"#{st.jkt}" if st.jkt else ""
         while (running := self._flights.get(handle)) and running.client == st.client:
             # The same client is refreshing this very handle already: wait for that answer, not race it.
             if await self._share(flow, st, running):
@@ -74,14 +82,25 @@ class Refreshes:
             self._flights[handle] = Flight(flow.id, st.client, loop.create_future())
         st.refresh_handle = handle
         record = await self.vault.find(handle)
+        if record is not None and record.kind != "access" and record.jkt and record.jkt != st.jkt:
+            # Refused before anything changes: the handle stays valid for the key's holder.
+            refusal = policy.invalid_dpop_proof("the refresh handle is bound to another DPoP key")
+            return answers.refuse(flow, st, refusal, handle)
+        if record is not None and record.kind == "refresh" and issued_here(record.issuer, flow):
+            # One refresh per cluster: wait for the handle's lease, or for another proxy's answer to it.
+            try:
+                record = await self.lock.take(flow.id, handle, st.client)
+            except WaitedTooLong:
+                return answers.refuse(flow, st, STILL_UNDER_WAY)
         if record is None or record.kind == "access" or not issued_here(record.issuer, flow):
-            return answers.refuse(flow, st, policy.invalid_grant("unknown, expired or revoked refresh token"))
+            refusal = policy.invalid_grant("unknown, expired or revoked refresh token")
+            return answers.refuse(flow, st, refusal, handle)
         if record.kind == "refresh":
             return self._swap(flow, st, body, handle, record.secret)
         if record.client == st.client:
             if await self._alive(handle, record):
                 return self._replay(flow, st, record, "replayed the answer to a rotation")
-            return answers.refuse(flow, st, policy.invalid_grant("refresh token revoked"))
+            return answers.refuse(flow, st, policy.invalid_grant("refresh token revoked"), handle)
         # The rotation's answer is not for this client. Its rotation is over: it goes on its own, as itself.
         self._land(flow, handle, None)
         st.refresh_handle = ""
@@ -94,15 +113,13 @@ class Refreshes:
         st.swapped_for = handle
         flow.request.content = body.render()
         st.refresh_digest = store_key(real)  # a digest, not the token: metadata is saved with flows
-        self.counters["refreshes"] += 1
 
     async def _share(self, flow: http.HTTPFlow, st: FlowState, running: Flight) -> bool:
         """Wait for the answer of a flight: True when the flow got it (or gave up waiting)."""
         try:
             answer = await asyncio.wait_for(asyncio.shield(running.answer), REFRESH_WAIT_SECONDS)
         except TimeoutError:
-            refusal = Refusal(504, "temporarily_unavailable", "refresh still under way")
-            self.answers.refuse(flow, st, refusal)
+            self.answers.refuse(flow, st, STILL_UNDER_WAY)
             return True
         if answer is None:
             return False
@@ -112,7 +129,9 @@ class Refreshes:
         return True
 
     def settle(self, flow: http.HTTPFlow, st: FlowState, answer: http.Response | None = None) -> None:
-        """The flight of this flow's refresh is over: clients waiting on it get the same answer."""
+        """The flight of this flow's refresh is over: clients waiting on it get the same answer, here at
+        once, on other proxies from the store (its answer is stored by now) once the lease goes."""
+        self.lock.release(flow.id)
         handle, st.refresh_handle = st.refresh_handle, ""
         if handle:
             self._land(flow, handle, answer or flow.response or to_response(policy.bad_gateway("no answer")))

@@ -9,13 +9,14 @@ proxy held the JWT, and it has forgotten it: for the client the token is revoked
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
 from mitmproxy import http
 
 from . import policy
 from .answers import Answers, annotate
+from .audit import handle_id
 from .errors import SplitTokenError
+from .events import Events
 from .messages import decoded, error_code, request_body
 from .refresh import Refreshes, pass_on
 from .routing import may_revoke_here
@@ -29,10 +30,10 @@ _ANSWER_LIMIT = 1024 * 1024
 
 
 class RevokeRoute:
-    def __init__(self, vault: Vault, answers: Answers, counters: Counter[str], refreshes: Refreshes) -> None:
+    def __init__(self, vault: Vault, answers: Answers, events: Events, refreshes: Refreshes) -> None:
         self.vault = vault
         self.answers = answers
-        self.counters = counters
+        self.events = events
         self.refreshes = refreshes
 
     async def request(self, flow: http.HTTPFlow, st: FlowState) -> None:
@@ -51,8 +52,9 @@ class RevokeRoute:
             real: str | None = record.real_token(handle)
         else:
             real = await self.refreshes.end(handle, record)
-        self.counters["revocations"] += 1
+        self.events.revoke(flow, handle, record.subject)
         st.event, st.handle, st.revoked_kind = "revoked", redact(handle), record.kind
+        st.handle_id = handle_id(handle)
         logger.info("revoked %s handle %s", record.kind, redact(handle))
         if real is None:
             note = f"revoked {record.kind} handle {redact(handle)}, whose chain had ended"

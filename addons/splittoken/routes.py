@@ -7,7 +7,6 @@ token endpoints taught) is the shell's and handed in.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
 import jwt
 from mitmproxy import http
@@ -15,6 +14,7 @@ from mitmproxy import http
 from . import policy, routing
 from .answers import Answers, to_response
 from .api_route import ApiRoute, Discovered
+from .events import Events
 from .introspect_route import IntrospectRoute
 from .messages import request_body
 from .options import Settings
@@ -32,16 +32,16 @@ INTERNAL_ERROR = policy.bad_gateway("internal error")
 
 class Routes:
     def __init__(
-        self, settings: Settings, vault: Vault, answers: Answers, counters: Counter[str], flights: Flights,
+        self, settings: Settings, vault: Vault, answers: Answers, events: Events, flights: Flights,
         discovered: Discovered, authorization_servers: AuthorizationServers, jwks: jwt.PyJWKClient | None,
     ) -> None:  # fmt: skip
         self.answers = answers
         self.authorization_servers = authorization_servers
-        self.refreshes = Refreshes(vault, answers, counters, flights)
-        self.api = ApiRoute(settings, vault, answers, counters, discovered)
-        self.token = TokenRoute(settings, vault, answers, counters, self.refreshes, jwks)
-        self.revoke = RevokeRoute(vault, answers, counters, self.refreshes)
-        self.introspect = IntrospectRoute(vault, answers, counters)
+        self.refreshes = Refreshes(vault, answers, flights, lease_seconds=settings.refresh_lease)
+        self.api = ApiRoute(settings, vault, answers, events, discovered)
+        self.token = TokenRoute(settings, vault, answers, events, self.refreshes, jwks)
+        self.revoke = RevokeRoute(vault, answers, events, self.refreshes)
+        self.introspect = IntrospectRoute(vault, answers, events)
         # The endpoints of the authorization server whose requests carry handles in their bodies.
         self.endpoints: dict[str, TokenRoute | RevokeRoute | IntrospectRoute] = {
             "token": self.token, "revoke": self.revoke, "introspect": self.introspect,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mitmproxy import http
@@ -26,35 +27,47 @@ class Classified:
 
     route: Route | None
     fallback: Route | None = None
+    endpoint: str = ""  # ``endpoint(flow)``, worked out once for the flow's hooks
 
 
 def classify(flow: http.HTTPFlow, settings: Settings) -> Classified:
     """Filters are matched on the path as the server reads it (``normalised_path``), never on the raw text:
     ``/token/``, ``/x/../token``, ``/%74oken`` or ``/token#x`` are the token endpoint to a lenient server."""
-    request = flow.request
-    raw = request.path
-    request.path = normalised_path(raw)
-    try:
-        api = settings.api_filter(flow) if settings.api_filter is not None else in_reverse_mode(flow)
-        fallback: Route | None = "api" if api else None
-        if settings.revoke_filter and settings.revoke_filter(flow):
-            return Classified("revoke", fallback)
-        if settings.introspect_filter and settings.introspect_filter(flow):
-            return Classified("introspect", fallback)
-        if settings.token_filter and settings.token_filter(flow):
-            return Classified("token", fallback)
-        return Classified(fallback)
-    finally:
-        request.path = raw
+    return _as_server_reads(flow, lambda path: _classified(flow, settings, path))
+
+
+def _classified(flow: http.HTTPFlow, settings: Settings, path: str) -> Classified:
+    api = settings.api_filter(flow) if settings.api_filter is not None else in_reverse_mode(flow)
+    fallback: Route | None = "api" if api else None
+    route: Route | None = None
+    if settings.revoke_filter and settings.revoke_filter(flow):
+        route = "revoke"
+    elif settings.introspect_filter and settings.introspect_filter(flow):
+        route = "introspect"
+    elif settings.token_filter and settings.token_filter(flow):
+        route = "token"
+    if route is None and fallback is None:
+        return Classified(None)
+    here = origin(flow) + path.partition("?")[0]
+    return Classified(route, fallback, here) if route else Classified(fallback, None, here)
 
 
 def matches(flow_filter: TFilter, flow: http.HTTPFlow) -> bool:
     """One filter's verdict on the path as the server reads it (``normalised_path``), as ``classify``'s."""
+    return _as_server_reads(flow, lambda _: bool(flow_filter(flow)))
+
+
+def _as_server_reads[T](flow: http.HTTPFlow, judge: Callable[[str], T]) -> T:
+    """``judge(path)`` with the request's path normalised meanwhile, so that filters read it too; then the
+    path is as the client spelt it again: the request goes upstream unchanged."""
     request = flow.request
     raw = request.path
-    request.path = normalised_path(raw)
+    path = normalised_path(raw)
+    if path == raw:  # most requests: no need to touch the request at all
+        return judge(path)
+    request.path = path
     try:
-        return bool(flow_filter(flow))
+        return judge(path)
     finally:
         request.path = raw
 
@@ -69,10 +82,9 @@ class AuthorizationServers:
     def learn(self, token_endpoint: str) -> None:
         self._homes.add(token_endpoint.rpartition("/")[0] + "/")
 
-    def serve(self, flow: http.HTTPFlow) -> bool:
-        if not self._homes:
-            return False
-        here = endpoint(flow) + "/"
+    def serve(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` (a flow's ``endpoint``) is at one of them."""
+        here = endpoint + "/"
         return any(here.startswith(home) for home in self._homes)
 
 
@@ -147,6 +159,8 @@ def destination_name(flow: http.HTTPFlow) -> str:
     is known by is the TLS server name, which mitmproxy verifies against the upstream certificate; plain
     HTTP to a bare address has no name but the address."""
     host = flow.request.host.lower()
+    if ":" not in host and not host[-1:].isdigit():
+        return host  # a name, not an address: an IPv4 address ends in a digit, an IPv6 one has colons
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -48,6 +48,9 @@ class Record:
     # request carries to the authorization server for its verdict. Empty in records older than these fields.
     client: str = ""
     refresh_token: str = ""
+    # The RFC 7638 thumbprint of the DPoP key the handle is bound to (RFC 9449): the handle works only beside
+    # a proof signed by that key. Empty: a bearer handle, as every record older than the field.
+    jkt: str = ""
 
     def expired(self, now: float, leeway: float = 0) -> bool:
         return self.expires_at + leeway <= now

@@ -36,6 +36,7 @@ class FlowState:
     authorization_server: bool = False  # goes to where a token endpoint answered: answers are judged as such
     event: Event | None = None
     handle: str = ""  # redacted
+    handle_id: str = ""  # audit.handle_id of the handle: what the audit trail calls it
     subject: str = ""
     header: dict[str, Any] = field(default_factory=dict)  # of the JWT kept back, for the content view
     claims: dict[str, Any] = field(default_factory=dict)
@@ -43,6 +44,10 @@ class FlowState:
     answered: bool = False  # the proxy answered: later hooks leave the flow alone
     revoked_kind: str = ""
     refresh_digest: str = ""  # store key of the real refresh token sent upstream
+    # DPoP (RFC 9449): the thumbprint of the key of the request's valid proof, or of the key the handles
+    # issued are bound to; and what the proof check found ("" when there was no proof to check).
+    jkt: str = ""
+    dpop: str = ""
     # Secrets: never published.
     refresh_handle: str = _secret()  # the refresh handle this flow presented, while its refresh is in flight
     swapped_in: str = _secret()  # the real token the proxy put into this request: it must not come back
@@ -50,9 +55,7 @@ class FlowState:
     client: str = _secret()  # a refresh's client authentication (policy.client_authentication)
 
     def publish(self, metadata: dict[str, Any]) -> None:
-        metadata[META] = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("secret")
-        }
+        metadata[META] = {name: getattr(self, name) for name in _PUBLISHED}
 
     @classmethod
     def published(cls, metadata: dict[str, Any]) -> FlowState | None:
@@ -60,5 +63,8 @@ class FlowState:
         record = metadata.get(META)
         if not isinstance(record, dict) or record.get("route") not in typing.get_args(Route):
             return None
-        names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("secret")}
-        return cls(**{k: v for k, v in record.items() if k in names})
+        return cls(**{k: v for k, v in record.items() if k in _PUBLISHED})
+
+
+# Worked out once: publish() runs on every join.
+_PUBLISHED = tuple(f.name for f in dataclasses.fields(FlowState) if not f.metadata.get("secret"))

@@ -75,6 +75,10 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+class ReplicasInvalid(ValueError):
+    """A ``min_replicas`` the store cannot honour: the option's fault, not the URL's."""
+
+
 def check_lease(owner: str, ttl_seconds: float) -> None:
     if not owner:
         raise ValueError("a lease needs an owner")
@@ -100,5 +104,5 @@ def open_store(spec: str, *, timeout: float = 1.0, min_replicas: int | None = No
         raise ValueError(f"unknown store URL scheme {scheme}://: a directory, redis://, rediss://, unix://, "
                          "redis[s]+sentinel:// or redis[s]+cluster://")  # fmt: skip
     if min_replicas is not None:
-        raise ValueError("min_replicas applies to a Redis store only")
+        raise ReplicasInvalid("min_replicas applies to a Redis store only")
     return DiskStore(spec, timeout=timeout)

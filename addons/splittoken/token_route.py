@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 import jwt
@@ -19,10 +18,13 @@ from mitmproxy import http
 
 from . import jws, policy
 from .answers import Answers, annotate
+from .audit import handle_id
 from .errors import TokenRefused, TooLarge, Unparseable
+from .events import Events
 from .messages import decoded, error_code, request_body
 from .options import Settings
 from .policy import TokenBody
+from .possession import Possession
 from .refresh import Refreshes, pass_on, refresh_expiry, swapped_out
 from .routing import endpoint
 from .seal import Record, store_key
@@ -43,22 +45,26 @@ class Issue:
     records: list[tuple[str, Record]] = field(default_factory=list)
     subject: str = ""
     new_refresh_handle: str | None = None
+    refresh_handle: str | None = None  # the one the client gets: the new one, or the one it refreshed with
     rewritten: bool = False
 
 
 class TokenRoute:
     def __init__(
-        self, settings: Settings, vault: Vault, answers: Answers, counters: Counter[str],
+        self, settings: Settings, vault: Vault, answers: Answers, events: Events,
         refreshes: Refreshes, jwks: jwt.PyJWKClient | None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.vault = vault
         self.answers = answers
-        self.counters = counters
+        self.events = events
         self.refreshes = refreshes
         self.jwks = jwks
+        self.possession = Possession(settings, vault)
 
     async def request(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        if refusal := await self.possession.token_request(flow, st):
+            return self.answers.refuse(flow, st, refusal)
         body = request_body(flow.request)
         if body and body.fields.get("grant_type") == "refresh_token" and "refresh_token" in body.fields:
             await self.refreshes.begin(flow, st, body)
@@ -139,7 +145,9 @@ class TokenRoute:
             max_ttl=self.settings.max_ttl,
         )  # fmt: skip
         issue.subject = str(split.claims.get("sub", ""))[:200]
-        record = Record("access", split.signing_input, expires_at, issue.subject, endpoint(flow))
+        if jkt := self.possession.binding(split.claims, st):
+            body.fields["token_type"] = "DPoP"  # RFC 9449 §5: the client must present it with proofs
+        record = Record("access", split.signing_input, expires_at, issue.subject, endpoint(flow), jkt=jkt)
         issue.records.append((split.signature, record))
         issue.rewritten = True
         body.fields["access_token"] = split.signature
@@ -161,9 +169,9 @@ class TokenRoute:
             handle = issue.new_refresh_handle = new_refresh_handle()
             expires_at = refresh_expiry(body, now, self.settings.refresh_max_ttl)
             issue.records.append(
-                (handle, Record("refresh", refresh, expires_at, issue.subject, endpoint(flow)))
+                (handle, Record("refresh", refresh, expires_at, issue.subject, endpoint(flow), jkt=st.jkt))
             )
-        body.fields[name] = handle
+        body.fields[name] = issue.refresh_handle = handle
         issue.rewritten = True
 
     async def _hand_out(self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, issue: Issue) -> None:
@@ -183,7 +191,7 @@ class TokenRoute:
             grace = self.settings.refresh_grace
             replay = Record(
                 "rotated", client_body.decode(), self.vault.clock() + grace, issue.subject, endpoint(flow),
-                client=st.client, refresh_token=st.swapped_in,
+                client=st.client, refresh_token=st.swapped_in, jkt=st.jkt,
             )  # fmt: skip
             await self.refreshes.retire(flow, st, issue.new_refresh_handle, replay, grace)
         response = flow.response
@@ -192,13 +200,18 @@ class TokenRoute:
             response.headers.pop(stale, None)
         response.headers["Cache-Control"] = "no-store"  # RFC 6749 §5.1
         response.headers["Pragma"] = "no-cache"
-        self.counters["splits"] += 1
+        access = next((handle for handle, record in issue.records if record.kind == "access"), None)
+        self.events.split(flow, access, issue.refresh_handle, issue.subject)
+        if st.swapped_for:  # a refresh grant: swapped_for is the refresh handle it presented
+            renewed = issue.refresh_handle or st.swapped_for
+            self.events.refresh(flow, st.swapped_for, renewed, access, issue.subject)
         self._note(flow, st, body, issue)
 
     def _note(self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, issue: Issue) -> None:
         handle = str(body.fields.get("access_token", ""))
-        st.handle = redact(handle)
-        note = f"issued handle {redact(handle)}" + (f", sub={issue.subject}" if issue.subject else "")
+        st.handle, st.handle_id = redact(handle), handle_id(handle) if handle else ""
+        bound = "DPoP-bound " if st.jkt else ""
+        note = f"issued {bound}handle {redact(handle)}" + (f", sub={issue.subject}" if issue.subject else "")
         if issue.records and issue.records[0][1].kind == "access":
             note += time.strftime(", expires %H:%M:%SZ", time.gmtime(issue.records[0][1].expires_at))
         annotate(flow, note)

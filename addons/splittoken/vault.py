@@ -56,6 +56,7 @@ class Vault:
             if store.blocking
             else None
         )
+        self._closed = False
         changes = store.changes() if cache_size > 0 else None
         self.cache = RecordCache(cache_size, changes) if changes is not None else None
 
@@ -63,6 +64,9 @@ class Vault:
         return f"Vault({self.store!r}, cache={self.cache!r})"
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        if self._closed:
+            # A reconfiguration replaced this vault while work that holds it (a lease being renewed) ran on.
+            raise StoreUnavailable("the store was closed by a reconfiguration")
         if self._threads is None:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
@@ -82,6 +86,22 @@ class Vault:
 
     async def forget(self, handle: str) -> bool:
         return await self._call(self.forget_now, handle)
+
+    # Plain entries beside the sealed records (DPoP proof ids, server nonces), for what proxies on one store
+    # must agree on that is no secret; their keys are digests in a domain of their own, never a handle's.
+    async def add(self, key: str, value: bytes, expires_at: float) -> bool:
+        """Store ``value`` unless the key is there already: True for the one caller that stored it."""
+        return await self._call(self.store.add, key, value, expires_at)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._call(self.store.get, key)
+
+    async def lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Take or renew a lease (Store.lease): how proxies on one store agree who does a piece of work."""
+        return await self._call(self.store.lease, name, owner, ttl_seconds)
+
+    async def release(self, name: str, owner: str) -> bool:
+        return await self._call(self.store.release, name, owner)
 
     async def purge(self) -> int:
         # Bulk work: off the event loop whatever the store, even diskcache.
@@ -148,6 +168,7 @@ class Vault:
         return self.store.purge()
 
     def close(self) -> None:
+        self._closed = True
         if self.cache is not None:
             self.cache.close()
         if self._threads is not None:

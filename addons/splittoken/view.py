@@ -128,8 +128,14 @@ def _record(metadata: contentviews.Metadata) -> FlowState | None:
 
 def _story(record: FlowState, data: bytes, metadata: contentviews.Metadata) -> CommentedMap:
     story = CommentedMap()
+    if record.dpop:
+        story["DPoP proof"] = record.dpop  # "proof verified", or the check it failed
+    if record.jkt:
+        story["DPoP-bound to key"] = record.jkt  # RFC 7638 thumbprint: a public key's, no secret
     if refused := record.refused:
         story["refused"] = refused.removeprefix("refused: ")
+        if record.handle_id:
+            story["handle_id"] = record.handle_id
         flow = metadata.flow
         if isinstance(flow, http.HTTPFlow) and flow.response:
             story["answered by the proxy"] = flow.response.status_code
@@ -146,8 +152,10 @@ def _story(record: FlowState, data: bytes, metadata: contentviews.Metadata) -> C
                 received[name] = redact(handle)
                 received.yaml_add_eol_comment(f"{what}, {len(handle)} characters", name, column=0)
         story["client received"] = received
+        if record.handle_id:
+            story["handle_id"] = record.handle_id  # as the audit trail names it
     else:
-        for key in ("handle", "subject", "revoked_kind"):
+        for key in ("handle", "handle_id", "subject", "revoked_kind"):
             if value := getattr(record, key):
                 story[key] = value
     return story

@@ -23,7 +23,7 @@ from oauth_flows import (
     make_jwt,
     store_down,
 )
-from splittoken import api_route, policy
+from splittoken import api_route, leaks
 
 
 async def test_api_join_bearer_and_bare(proxy: Proxy) -> None:
@@ -291,7 +291,7 @@ async def joined(proxy: Proxy) -> tuple[str, str, http.HTTPFlow]:
 def assert_unreadable(raw: bytes, token: str) -> None:
     """Neither the token nor its claims segment in ``raw``, however a client reads it."""
     claims = token.split(".")[1]
-    assert not any(claims in reading for reading in policy.readings(raw)), "the client can read the JWT"
+    assert not any(claims in reading for reading in leaks.readings(raw)), "the client can read the JWT"
 
 
 @pytest.mark.parametrize("spell", SPELLINGS.values(), ids=SPELLINGS.keys())

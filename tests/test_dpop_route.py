@@ -35,6 +35,7 @@ from redis_server import RedisServer
 from splittoken import dpop, options, possession
 from splittoken.errors import OptionInvalid, TokenRefused
 from splittoken.seal import Record, open_sealed, seal
+from splittoken.settings import parse_settings
 from splittoken.view import SplitTokenContentview
 
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -453,12 +454,12 @@ BASE = {name: option.default for name, option in ((o.name, o) for o in options.O
 )
 def test_bad_dpop_options_are_refused(name: str, value: Any) -> None:
     with pytest.raises(OptionInvalid) as refused:
-        options.parse_settings(BASE | {name: value})
+        parse_settings(BASE | {name: value})
     assert name in str(refused.value)
 
 
 def test_dpop_options_parse() -> None:
-    settings = options.parse_settings(
+    settings = parse_settings(
         BASE | {"splittoken_dpop": "required", "splittoken_public_urls": ["https://[::1]:8443@443"]}
     )
     assert settings.dpop == "required"

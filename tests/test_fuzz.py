@@ -30,7 +30,7 @@ from mitmproxy.test import tflow
 
 from hooks import HookDriver as Proxy
 from hooks import driven_addon, flow_for
-from splittoken import jws, policy
+from splittoken import jws, leaks
 from splittoken.policy import TokenBody, Unparseable
 
 _COMMON = {
@@ -304,7 +304,7 @@ async def test_no_jws_but_the_id_token_reaches_the_client(
 
     if not 200 <= status < 300:
         # The provider's errors pass unchanged, unless they would carry a token out: then 502.
-        if policy.holds_jws(before.get_content() or b""):
+        if leaks.holds_jws(before.get_content() or b""):
             assert client.status_code == 502
         else:
             assert client.raw_content == before.raw_content

@@ -16,6 +16,7 @@ from oauth_flows import (
 )
 from splittoken import options, routing
 from splittoken.addon import SplitToken
+from splittoken.settings import parse_settings, unanchored_domain
 
 
 def test_unanchored_domain_warning_is_logged(caplog: pytest.LogCaptureFixture, tmp_path: Any) -> None:
@@ -33,12 +34,12 @@ def test_unanchored_domain_warning_is_logged(caplog: pytest.LogCaptureFixture, t
 
 
 def test_unanchored_domain() -> None:
-    assert options.unanchored_domain("~d api.example.com")
-    assert options.unanchored_domain("~m GET & (~d api.example.com)")
-    assert options.unanchored_domain('~d "^api.example.com"')
-    assert not options.unanchored_domain(r"~d ^api\.example\.com$")
-    assert not options.unanchored_domain(r'~d "^api\.example\.com$" & ~m GET')
-    assert not options.unanchored_domain("~u /api")
+    assert unanchored_domain("~d api.example.com")
+    assert unanchored_domain("~m GET & (~d api.example.com)")
+    assert unanchored_domain('~d "^api.example.com"')
+    assert not unanchored_domain(r"~d ^api\.example\.com$")
+    assert not unanchored_domain(r'~d "^api\.example\.com$" & ~m GET')
+    assert not unanchored_domain("~u /api")
 
 
 @pytest.mark.parametrize(
@@ -83,7 +84,7 @@ def test_changing_the_leeway_keeps_the_open_store(proxy: Proxy) -> None:
 def test_defaults_are_safe() -> None:
     """Issue 10, property 8: echoes of the JWT are redacted unless asked otherwise; no origin is named."""
     values = {option.name: option.default for option in options.OPTIONS} | {"confdir": "/nonexistent"}
-    settings = options.parse_settings(values)
+    settings = parse_settings(values)
     assert settings.redact_api_responses is True
     assert settings.cors_origins == frozenset()
     assert settings.stream_large_bodies is None

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oauth_flows import make_jwt
-from splittoken import policy
+from splittoken import leaks
 from splittoken.redaction import Echo, Scanner
 
 TOKEN = make_jwt(email="alice@example.com", pad="p" * 200)
@@ -40,7 +40,7 @@ def scanned(echo: Echo, body: bytes, cuts: list[int]) -> tuple[bytes, Scanner]:
 
 
 def readable(raw: bytes, secret: str) -> bool:
-    return any(secret in reading for reading in policy.readings(raw))
+    return any(secret in reading for reading in leaks.readings(raw))
 
 
 @settings(max_examples=EXAMPLES, deadline=None)

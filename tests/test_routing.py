@@ -14,11 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from oauth_flows import IDP, REVERSE_IDP, make_jwt, token_flow
-from splittoken import options, policy, routing
+from splittoken import leaks, options, routing
 from splittoken.policy import TokenBody
+from splittoken.settings import parse_settings
 
 TOKEN_PATH = "/realms/demo/protocol/openid-connect/token"
-DEFAULTS = options.parse_settings(
+DEFAULTS = parse_settings(
     {option.name: option.default for option in options.OPTIONS}
     | {"confdir": "~", "stream_large_bodies": None}
 )
@@ -171,8 +172,8 @@ _WRAPPINGS = st.sampled_from(
 )
 def test_a_jws_is_found_however_it_is_wrapped(wrap: object, before: str, after: str) -> None:
     text = before + wrap(JWT) + after  # type: ignore[operator]
-    assert policy.text_holds_jws(text)
-    assert policy.holds_jws(text.encode())
+    assert leaks.text_holds_jws(text)
+    assert leaks.holds_jws(text.encode())
 
 
 _NAMES = st.lists(
@@ -186,4 +187,4 @@ _NAMES = st.lists(
 def test_dotted_names_are_not_tokens(text: str) -> None:
     """Host names, versions, file names are no tokens. (The scan is loose on purpose, to stay linear: two
     consecutive segments that merely open with "{" when decoded, such as "ex…" or "ey…", count.)"""
-    assert not policy.text_holds_jws(text)
+    assert not leaks.text_holds_jws(text)

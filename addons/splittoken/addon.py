@@ -21,9 +21,9 @@ from .answers import Answers, to_response
 from .api_route import Discovered
 from .errors import OptionInvalid, StoreUnavailable
 from .events import COUNTS, Events
-from .options import Settings
 from .refresh import Flights
 from .routes import Routes, jwks_client
+from .settings import Settings, parse_settings
 from .state import META, FlowState, redact
 from .store import ReplicasInvalid, open_store
 from .vault import Vault, describe
@@ -61,7 +61,7 @@ class SplitToken:
         if not updated & (options.NAMES | options.MITMPROXY_NAMES):
             return
         try:
-            settings = options.parse_settings(ctx.options)
+            settings = parse_settings(ctx.options)
             self.events.configure(settings.metrics, settings.audit_log)
             vault = self._vault_for(settings)
         except OptionInvalid as e:

@@ -25,7 +25,6 @@ from . import jws, policy
 from .answers import Answers, annotate
 from .audit import Reason, handle_id
 from .events import Events
-from .options import Settings
 from .policy import Refusal
 from .possession import Possession
 from .redaction import Echo, Scanner
@@ -39,6 +38,7 @@ from .routing import (
     normalised_path,
     origin,
 )
+from .settings import Settings
 from .state import FlowState, redact
 from .vault import Vault
 

@@ -89,6 +89,30 @@ def handle_id(handle: str) -> str:
     return hashlib.sha256(_HANDLE_ID_DOMAIN + handle.encode()).hexdigest()[:32]
 
 
+def _members(
+    event: Event, *, handle_id: str | None, refresh_handle_id: str | None, reason: Reason | str | None,
+    old_handle_id: str | None, new_handle_id: str | None, sub: str | None, client: tuple[Any, ...] | None,
+) -> str:  # fmt: skip
+    # The line's members after "ts", joined by hand rather than by json.dumps on the writer: every value
+    # but sub is checked to be text that JSON needs no escape for (hex ids, enum values, an address).
+    members = f'"event":"{event.value}"'
+    if handle_id is not None:
+        members += f',"handle_id":"{_checked_id("handle_id", handle_id)}"'
+    if refresh_handle_id is not None:
+        members += f',"refresh_handle_id":"{_checked_id("refresh_handle_id", refresh_handle_id)}"'
+    if reason is not None:
+        members += f',"reason":"{Reason(reason).value}"'
+    if old_handle_id is not None:
+        members += f',"old_handle_id":"{_checked_id("old_handle_id", old_handle_id)}"'
+    if new_handle_id is not None:
+        members += f',"new_handle_id":"{_checked_id("new_handle_id", new_handle_id)}"'
+    if sub is not None:
+        members += _sub_member(sub)
+    if client is not None:
+        members += f',"client":"{_client_address(client)}"'
+    return members
+
+
 def _checked_id(name: str, value: str) -> str:
     if not isinstance(value, str) or not _HANDLE_ID.fullmatch(value):
         raise ValueError(f"{name} must be the output of handle_id(), not a handle or a token")
@@ -211,23 +235,10 @@ class AuditTrail:
             raise ValueError("reason is required for a refuse event and allowed for no other")
         if (old_handle_id is not None or new_handle_id is not None) and event is not Event.REFRESH:
             raise ValueError("old_handle_id and new_handle_id belong to a refresh event")
-        # The line's members after "ts", joined by hand rather than by json.dumps on the writer: every value
-        # but sub is checked to be text that JSON needs no escape for (hex ids, enum values, an address).
-        members = f'"event":"{event.value}"'
-        if handle_id is not None:
-            members += f',"handle_id":"{_checked_id("handle_id", handle_id)}"'
-        if refresh_handle_id is not None:
-            members += f',"refresh_handle_id":"{_checked_id("refresh_handle_id", refresh_handle_id)}"'
-        if reason is not None:
-            members += f',"reason":"{Reason(reason).value}"'
-        if old_handle_id is not None:
-            members += f',"old_handle_id":"{_checked_id("old_handle_id", old_handle_id)}"'
-        if new_handle_id is not None:
-            members += f',"new_handle_id":"{_checked_id("new_handle_id", new_handle_id)}"'
-        if sub is not None:
-            members += _sub_member(sub)
-        if client is not None:
-            members += f',"client":"{_client_address(client)}"'
+        members = _members(
+            event, handle_id=handle_id, refresh_handle_id=refresh_handle_id, reason=reason,
+            old_handle_id=old_handle_id, new_handle_id=new_handle_id, sub=sub, client=client,
+        )  # fmt: skip
         if self._closed or self._queue.qsize() >= self.queue_size:
             self._drop(1)
             return False

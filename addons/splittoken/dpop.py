@@ -186,6 +186,28 @@ def verify_proof(
     when given, are the server nonces accepted now; a proof without one of them raises NonceRequired.
     Replay (``jti``) and key binding (``jkt``) are the caller's: see the module docstring.
     """
+    jwk, claims = _signed_claims(proof, algorithms)
+    if claims.get("htm") != method:
+        raise ProofRefused("DPoP proof htm is not the request method")
+    htu = claims.get("htu")
+    if not isinstance(htu, str) or normalise_htu(htu) != normalise_htu(url):
+        raise ProofRefused("DPoP proof htu is not the request URI")
+    iat = _check_times(claims, now, window)
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
+        raise ProofRefused("DPoP proof jti is missing or too long")
+    if access_token is not None and claims.get("ath") != access_token_hash(access_token):
+        raise ProofRefused("DPoP proof ath is not the hash of the access token")
+    nonce = claims.get("nonce")
+    if not isinstance(nonce, str):
+        nonce = None
+    if nonces is not None and (nonce is None or nonce not in nonces):
+        raise NonceRequired("DPoP proof lacks a current server nonce")
+    return Proof(jkt=thumbprint(jwk), jti=jti, iat=iat, nonce=nonce)
+
+
+def _signed_claims(proof: str, algorithms: Collection[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The proof's public key and claims, once its form, header and signature have passed."""
     if len(proof) > MAX_PROOF_LENGTH:
         raise ProofRefused("DPoP proof is too large")
     if "," in proof:
@@ -197,7 +219,6 @@ def verify_proof(
         header = _PROOF_JWS.get_unverified_header(proof)
     except jwt.PyJWTError:
         raise ProofRefused("DPoP proof is unreadable") from None
-
     typ = header.get("typ")
     # A media type: case-insensitive, and "application/" may be left out (RFC 7515 §4.1.9).
     if not isinstance(typ, str) or typ.lower().removeprefix("application/") != "dpop+jwt":
@@ -213,24 +234,22 @@ def verify_proof(
         raise ProofRefused("DPoP proof jwk holds a private key")
     try:
         # The key is read for the header's alg only: a kty or curve of another algorithm is refused.
-        key = jwt.PyJWK(jwk, algorithm=alg)
-        payload = _PROOF_JWS.decode(proof, key, algorithms=[alg])
+        payload = _PROOF_JWS.decode(proof, jwt.PyJWK(jwk, algorithm=alg), algorithms=[alg])
     except (jwt.InvalidKeyError, jwt.PyJWKError):
         raise ProofRefused("DPoP proof jwk is not a public key for its algorithm") from None
     except jwt.PyJWTError:
         raise ProofRefused("DPoP proof signature does not verify") from None
-
     try:
         claims = json.loads(payload)
     except (ValueError, RecursionError):
         claims = None
     if not isinstance(claims, dict):
         raise ProofRefused("DPoP proof claims are not a JSON object")
-    if claims.get("htm") != method:
-        raise ProofRefused("DPoP proof htm is not the request method")
-    htu = claims.get("htu")
-    if not isinstance(htu, str) or normalise_htu(htu) != normalise_htu(url):
-        raise ProofRefused("DPoP proof htu is not the request URI")
+    return jwk, claims
+
+
+def _check_times(claims: dict[str, Any], now: float, window: float) -> float:
+    """The proof's ``iat``, once it and any ``exp`` and ``nbf`` hold ``now`` within ``window``."""
     iat = claims.get("iat")
     if not _is_number(iat):
         raise ProofRefused("DPoP proof iat is missing or not a number")
@@ -243,17 +262,7 @@ def verify_proof(
         raise ProofRefused("DPoP proof has expired")
     if "nbf" in claims and not (_is_number(nbf) and nbf <= now + window):
         raise ProofRefused("DPoP proof is not valid yet")
-    jti = claims.get("jti")
-    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
-        raise ProofRefused("DPoP proof jti is missing or too long")
-    if access_token is not None and claims.get("ath") != access_token_hash(access_token):
-        raise ProofRefused("DPoP proof ath is not the hash of the access token")
-    nonce = claims.get("nonce")
-    if not isinstance(nonce, str):
-        nonce = None
-    if nonces is not None and (nonce is None or nonce not in nonces):
-        raise NonceRequired("DPoP proof lacks a current server nonce")
-    return Proof(jkt=thumbprint(jwk), jti=jti, iat=iat, nonce=nonce)
+    return iat
 
 
 def _algorithm_for(private_key: ProofKey) -> str:

@@ -12,7 +12,7 @@ import logging
 
 from mitmproxy import http
 
-from . import policy
+from . import leaks, policy
 from .answers import Answers, annotate
 from .audit import handle_id
 from .errors import SplitTokenError
@@ -67,7 +67,7 @@ class IntrospectRoute:
         except SplitTokenError:
             return self.answers.refuse(flow, st, policy.bad_gateway("unreadable introspection answer"))
         headers = [value for _, value in flow.response.headers.items(multi=True)]
-        if policy.holds_jws(raw) or any(policy.text_holds_jws(value) for value in headers):
+        if leaks.holds_jws(raw) or any(leaks.text_holds_jws(value) for value in headers):
             return self.answers.refuse(flow, st, policy.bad_gateway("an introspection answer holding a JWS"))
         # The real refresh token the server may quote goes back as its handle, or the answer is refused.
         pass_on(self.answers, flow, st, raw)

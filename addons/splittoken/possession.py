@@ -28,10 +28,10 @@ from mitmproxy import http
 from . import dpop, policy
 from .dpop import NonceRequired, Proof, ProofRefused
 from .errors import TokenRefused
-from .options import Settings
 from .policy import Presented, Refusal
 from .routing import in_reverse_mode
 from .seal import Record
+from .settings import Settings
 from .state import FlowState
 from .vault import Vault
 

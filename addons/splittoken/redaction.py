@@ -18,7 +18,7 @@ import functools
 import json
 import re
 
-from . import policy
+from . import leaks
 
 # Escapes of the characters a compact JWS is made of ('-', '.', digits, letters, '_'): 0x2d to 0x7a. Without
 # any, a body can spell a token only as is.
@@ -120,7 +120,7 @@ class Echo:
         if not escaped and json.detect_encoding(data).startswith("utf-8"):
             return False
         text = needle.decode()
-        return any(text in reading for reading in policy.readings(data))
+        return any(text in reading for reading in leaks.readings(data))
 
     def redact_fields(self, fields: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
         """Header (or trailer) fields with the token's spellings replaced; one beyond rewriting goes."""

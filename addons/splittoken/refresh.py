@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from mitmproxy import http
 
-from . import policy
+from . import leaks, policy
 from .answers import Answers, to_response, token_answer
 from .audit import Reason
 from .errors import Unparseable
@@ -92,6 +92,14 @@ class Refreshes:
                 record = await self.lock.take(flow.id, handle, st.client)
             except WaitedTooLong:
                 return answers.refuse(flow, st, STILL_UNDER_WAY)
+        await self._go_on(flow, st, body, handle, record)
+
+    async def _go_on(
+        self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, handle: str, record: Record | None
+    ) -> None:
+        """With the handle's record as the store has it now: go upstream with the real refresh token, replay
+        a rotation's answer to the client that rotated it, or refuse."""
+        answers = self.answers
         if record is None or record.kind == "access" or not issued_here(record.issuer, flow):
             refusal = policy.invalid_grant("unknown, expired or revoked refresh token")
             return answers.refuse(flow, st, refusal, handle)
@@ -250,7 +258,7 @@ def swapped_out(answers: Answers, flow: http.HTTPFlow, st: FlowState, body: byte
         return body
     assert flow.response
     headers = [value for _, value in flow.response.headers.items(multi=True)]
-    clean = policy.scrubbed(body, headers, st.swapped_in, st.swapped_for)
+    clean = leaks.scrubbed(body, headers, st.swapped_in, st.swapped_for)
     if clean is None:
         answers.refuse(flow, st, policy.bad_gateway("an answer quoting the token the proxy sent"))
     return clean

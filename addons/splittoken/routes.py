@@ -17,10 +17,10 @@ from .api_route import ApiRoute, Discovered
 from .events import Events
 from .introspect_route import IntrospectRoute
 from .messages import request_body
-from .options import Settings
 from .refresh import Flights, Refreshes
 from .revoke_route import RevokeRoute
 from .routing import AuthorizationServers, logged_path
+from .settings import Settings
 from .state import FlowState
 from .token_route import TokenRoute
 from .vault import Vault

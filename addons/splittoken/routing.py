@@ -15,8 +15,8 @@ from mitmproxy import http
 from mitmproxy.flowfilter import TFilter
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from .options import Settings
 from .policy import TokenBody
+from .settings import Settings
 from .state import Route
 
 

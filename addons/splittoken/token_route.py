@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 import jwt
 from mitmproxy import http
 
-from . import jws, policy
+from . import jws, leaks, policy
 from .answers import Answers, annotate
 from .audit import handle_id
 from .errors import TokenRefused, TooLarge, Unparseable
 from .events import Events
 from .messages import decoded, error_code, request_body
-from .options import Settings
 from .policy import TokenBody
 from .possession import Possession
 from .refresh import Refreshes, pass_on, refresh_expiry, swapped_out
 from .routing import endpoint
 from .seal import Record, store_key
+from .settings import Settings
 from .state import FlowState, redact
 from .vault import Vault, new_refresh_handle
 
@@ -74,7 +74,7 @@ class TokenRoute:
         (pages, userinfo) are refused only when they hold a token."""
         assert flow.response
         response = flow.response
-        if any(policy.text_holds_jws(value) for _, value in response.headers.items(multi=True)):
+        if any(leaks.text_holds_jws(value) for _, value in response.headers.items(multi=True)):
             return self.answers.refuse(flow, st, policy.bad_gateway("a JWS in a response header"))
         try:
             raw = decoded(response, self.settings.max_body)
@@ -87,7 +87,7 @@ class TokenRoute:
         try:
             body = TokenBody.parse(response.headers.get("content-type", ""), raw)
         except Unparseable as e:
-            if (strict and raw.strip()) or policy.holds_jws(raw):
+            if (strict and raw.strip()) or leaks.holds_jws(raw):
                 # A client may read more into it than the proxy could (a body cut short, an HTML page).
                 return self.answers.refuse(flow, st, policy.bad_gateway(f"unparseable token response ({e})"))
             return pass_on(self.answers, flow, st, raw)
@@ -103,7 +103,7 @@ class TokenRoute:
     async def _error_response(self, flow: http.HTTPFlow, st: FlowState, raw: bytes) -> None:
         """The provider's errors pass unchanged, unless they carry a token out."""
         assert flow.response
-        if policy.holds_jws(raw):
+        if leaks.holds_jws(raw):
             return self.answers.refuse(flow, st, policy.bad_gateway("an error response holding a JWS"))
         pass_on(self.answers, flow, st, raw)
         if st.answered:
@@ -130,7 +130,7 @@ class TokenRoute:
         # may an "id_token" that is the access token itself.
         id_token = body.fields.get("id_token")
         allowed = id_token if isinstance(id_token, str) and id_token != access else None
-        if policy.leaked_jws(body.fields, allowed=allowed):
+        if leaks.leaked_jws(body.fields, allowed=allowed):
             raise TokenRefused("a JWS outside access_token and id_token")
         return issue  # not rewritten: opaque or encrypted tokens only, nothing leaks, the response passes
 

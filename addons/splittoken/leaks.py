@@ -1,0 +1,103 @@
+"""Leak scans: whether a body or header holds a JWS or a given secret in any form a client could read it.
+
+Pure: no I/O, no mitmproxy. A client parses JSON, percent-decodes, detects UTF-16: a scan that reads the
+text only as it stands would miss a token behind an escape, so every reading is tried.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from . import jws
+
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\(.)")
+
+
+_JSON_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def _unescape(m: re.Match[str]) -> str:
+    return chr(int(m[1], 16)) if m[1] else _JSON_ESCAPES.get(m[2], m[2])
+
+
+def readings(raw: bytes) -> Iterator[str]:
+    """The ways a client might read a body that could not be parsed: as UTF-8, in the Unicode encoding a
+    JSON parser would detect, with JSON string escapes undone, and percent-decoded. A JWS hidden behind an
+    escape, a duplicate member or a UTF-16 encoding is still found in one of them."""
+    texts = [raw.decode("utf-8", "replace")]
+    detected = json.detect_encoding(raw)
+    if detected != "utf-8":
+        texts.append(raw.decode(detected, "replace"))
+    for text in texts:
+        yield from _unescaped(text)
+
+
+def text_holds_jws(text: str) -> bool:
+    """Whether a text (a header value, a field), its escapes undone, holds a compact JWS."""
+    return any(True for reading in _unescaped(text) for _ in jws.find_jws(reading))
+
+
+def holds_jws(raw: bytes) -> bool:
+    """Whether a body, read any way a client might read it, holds a compact JWS."""
+    return any(True for text in readings(raw) for _ in jws.find_jws(text))
+
+
+def strings_in(value: Any) -> Iterator[str]:
+    """Every string (keys included) in a parsed JSON value; iterative, so depth cannot exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def leaked_jws(fields: dict[str, Any], *, allowed: str | None) -> bool:
+    """Whether any value still holds a compact JWS, other than the one ``allowed`` (the OIDC id_token).
+
+    A value may itself be encoded text (JSON or a query string inside a field): its escapes are undone too,
+    so that ``\\u0000eyJ…`` or ``%3AeyJ…`` does not glue the token's first segment to the escape.
+    """
+    return any(
+        found != allowed
+        for text in strings_in(fields)
+        for reading in _unescaped(text)
+        for found in jws.find_jws(reading)
+    )
+
+
+def _unescaped(text: str) -> Iterator[str]:
+    yield text
+    unescaped = _JSON_ESCAPE.sub(_unescape, text) if "\\" in text else text
+    if unescaped != text:
+        yield unescaped
+    # Percent-decoded as is, and once its JSON escapes are undone: a URL in a JSON string (\u0025 is "%").
+    for reading in dict.fromkeys((text, unescaped)):
+        if "%" in reading or "+" in reading:
+            yield urllib.parse.unquote_plus(reading)
+
+
+def quotes(message: bytes | str, secret: str) -> bool:
+    """Whether a body or header value holds ``secret`` in a form a client could read: as is, JSON-escaped
+    (``\\u`` escapes included), percent-encoded, or one inside the other; a body in any Unicode encoding a
+    JSON parser would detect."""
+    texts = readings(message) if isinstance(message, bytes) else _unescaped(message)
+    return any(secret in reading for text in texts for reading in _unescaped(text))
+
+
+def scrubbed(raw: bytes, headers: Iterable[str], secret: str, handle: str) -> bytes | None:
+    """An answer's body with ``secret``, a real token the proxy put into the request, replaced by ``handle``
+    wherever it stands as is; None when the answer still holds it in a form a client could read (escaped,
+    percent-encoded, in a header), and must be refused."""
+    clean = raw.replace(secret.encode(), handle.encode())
+    if quotes(clean, secret) or any(quotes(value, secret) for value in headers):
+        return None
+    return clean

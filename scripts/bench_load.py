@@ -1,10 +1,10 @@
 """The benchmark through real processes (part of scripts/bench.py), all on loopback: wrk (a separate process,
 bench/wrk.lua) keeps each mitmdump saturated with GETs through its API listener to the echo API.
 
-Nine proxies, started with the same flags apart from what is compared, and all up for the whole run:
+Ten proxies, started with the same flags apart from what is compared, and all up for the whole run:
 
     (a) plain mitmdump, no addon    (b) addon, diskcache    (c) addon, Redis    (d) (b) with log_joins on
-    (h) addon, Redis Sentinel       (i) addon, Redis Cluster
+    (h) addon, Redis Sentinel       (i) addon, Redis Cluster       (j) (b) with metrics and the audit trail on
     all with -q (bench/quiet.py: mitmdump's -q once the listeners are up);
     (e) plain mitmdump, (f) addon, diskcache, (g) addon, Redis, with mitmdump's default output.
 
@@ -68,6 +68,8 @@ CONFIGS = (
     Config("g", "addon, Redis store, default output", "redis", False),
     Config("h", "addon, Redis Sentinel store, -q", "sentinel", True),
     Config("i", "addon, Redis Cluster store, -q", "cluster", True),
+    Config("j", "addon, diskcache store, -q, metrics and audit trail on", "disk", True,
+           {"splittoken_metrics": "127.0.0.1:0", "splittoken_audit_log": "{work}/audit-j.log"}),
 )  # fmt: skip
 ADDON_CONFIGS = tuple(c for c in CONFIGS if c.store)
 # Stores whose proxies keep no record cache (RedisStore.changes says why): every join reads the store.
@@ -201,7 +203,7 @@ def start_proxies(
     def start(config: Config) -> Proxy:
         proxy = bench_proxy(
             idp_url, api_url, store=stores.get(config.store), confdir=confdir, quiet=config.quiet,
-            options=config.options,
+            options={name: value.format(work=work) for name, value in config.options.items()},
         )  # fmt: skip
         register(proxy)
         return proxy
@@ -378,7 +380,7 @@ def start_redis_stores(work: Path, register: Callable[[Callable[[], None]], None
         (work / name).mkdir()
     deployments = {
         "redis": RedisServer(work / "redis"),
-        "sentinel": SentinelTopology(work / "sentinel"),
+        "sentinel": SentinelTopology(work / "sentinel", down_after_ms=10_000),
         "cluster": ClusterTopology(work / "cluster"),
     }
     for deployment in deployments.values():

@@ -59,11 +59,14 @@ class SentinelTopology:
     failover makes the replica master, and a restarted old master rejoins as its replica.
     """
 
-    def __init__(self, directory: Path, *, password: str | None = None) -> None:
+    def __init__(self, directory: Path, *, password: str | None = None, down_after_ms: int = 1000) -> None:
+        """``down_after_ms``: silence after which the sentinels take the master for dead: short for the
+        failover tests; the bench makes it long, so that a master starved of CPU is not failed over."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH: run `make install-system`")
         self.password = password
+        self.down_after_ms = down_after_ms
         auth = ["--masterauth", password] if password else []
         # No delay before a diskless full sync (Redis waits 5 s by default for more replicas to join).
         sync = ["--repl-diskless-sync-delay", "0"]
@@ -104,7 +107,7 @@ class SentinelTopology:
                 "bind 127.0.0.1",
                 f"dir {_conf_string(str(directory))}",
                 f"sentinel monitor {SERVICE} 127.0.0.1 {master.port} 2",
-                f"sentinel down-after-milliseconds {SERVICE} 1000",
+                f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}",
                 f"sentinel failover-timeout {SERVICE} 2000",
             ]
             if self.password:

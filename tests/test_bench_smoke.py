@@ -20,10 +20,10 @@ pytestmark = pytest.mark.e2e
 # Proxies (a)-(d), (h) (Redis Sentinel) and (i) (Redis Cluster) run with -q, (e)-(g) with mitmdump's
 # default output; "_many": many handles rotating.
 REQUIRED = {
-    *(f"{kind}_{config}{mode}" for kind in ("rps", "p50", "p99", "cpu", "busy") for config in "abcdefghi"
+    *(f"{kind}_{config}{mode}" for kind in ("rps", "p50", "p99", "cpu", "busy") for config in "abcdefghij"
       for mode in ("", "_many")),
     *(f"{kind}_{pair}{mode}" for kind in ("ratio", "cpu_ratio")
-      for pair in ("b_a", "c_a", "d_a", "f_e", "g_e", "h_a", "i_a") for mode in ("", "_many")),
+      for pair in ("b_a", "c_a", "d_a", "f_e", "g_e", "h_a", "i_a", "j_a") for mode in ("", "_many")),
     "propagation_disk", "propagation_redis",
     *(f"{op}_{stat}_{tier}" for op in ("split", "join", "join_miss", "join_nocache", "lookup")
       for stat in ("median", "p99") for tier in ("small", "mid", "large")),
@@ -34,7 +34,7 @@ REQUIRED = {
 }  # fmt: skip
 # The issues' targets: each must be judged, met or not.
 TARGETED = {
-    *(f"ratio_{pair}{mode}" for pair in ("b_a", "c_a", "h_a", "i_a") for mode in ("", "_many")),
+    *(f"ratio_{pair}{mode}" for pair in ("b_a", "c_a", "h_a", "i_a", "j_a") for mode in ("", "_many")),
     "propagation_disk", "propagation_redis", "join_median_large", "join_p99_large",
     "lookup_ratio", "rss_ratio",
 }  # fmt: skip

@@ -84,6 +84,7 @@ async def test_revoking_a_handle_revokes_the_whole_chain_after_it(proxy: Proxy) 
     revoke = revoke_flow(first)
     assert await proxy.request(revoke)
     assert dict(urllib.parse.parse_qsl(revoke.request.get_text() or ""))["token"] == third["refresh_token"]
+    await proxy.respond(revoke, http.Response.make(200, b""))
     for handle in (first, second["refresh_token"], current):
         await assert_refused(proxy, refresh_flow(handle), 400, "invalid_grant")
 
@@ -95,6 +96,7 @@ async def test_revoking_the_current_handle_ends_the_grace_replay(proxy: Proxy) -
     revoke = revoke_flow(current)
     assert await proxy.request(revoke)
     assert dict(urllib.parse.parse_qsl(revoke.request.get_text() or ""))["token"] == new["refresh_token"]
+    await proxy.respond(revoke, http.Response.make(200, b""))
     late = refresh_flow(handle)
     body = await assert_refused(proxy, late, 400, "invalid_grant")  # no replay of a logged-out chain
     assert "access_token" not in body
@@ -190,7 +192,23 @@ async def test_store_failure_on_revoke_is_503(proxy: Proxy, monkeypatch: Any) ->
     assert proxy.addon.vault
     monkeypatch.setattr(proxy.addon.vault.store, "delete", store_down)
     flow = revoke_flow(body_of(client)["access_token"])
-    await assert_refused(proxy, flow, 503, "temporarily_unavailable")
+    assert await proxy.request(flow)
+    # Accepted by the authorization server, not forgotten here: the client must hear it, and try again.
+    assert_error(await proxy.respond(flow, http.Response.make(200, b"")), 503, "temporarily_unavailable")
+
+
+async def test_a_revocation_the_authorization_server_refuses_forgets_nothing(proxy: Proxy) -> None:
+    """RFC 7009 §2.1: the server authenticates the client first. A thief's revocation with a wrong secret
+    (401 invalid_client) must not log the handle's owner out."""
+    _, client = await login(proxy)
+    for kind in ("access_token", "refresh_token"):
+        flow = revoke_flow(body_of(client)[kind])
+        assert await proxy.request(flow)
+        refused = json_response(None, status=401, raw=b'{"error":"invalid_client","error_description":"no"}')
+        assert_error(await proxy.respond(flow, refused), 401, "invalid_client")
+    assert await proxy.request(api_flow(f"Bearer {body_of(client)['access_token']}"))
+    assert await proxy.request(refresh_flow(body_of(client)["refresh_token"]))
+    assert proxy.addon.events.counts["revocations"] == 0
 
 
 # -----------------------------------------------------------------------------------------------------------

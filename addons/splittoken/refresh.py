@@ -197,30 +197,34 @@ class Refreshes:
         else:
             await self.vault.forget(st.refresh_handle)
 
-    async def end(self, handle: str, record: Record) -> str | None:
+    async def end(self, handle: str, record: Record, *, now: bool = True) -> tuple[str | None, bool]:
         """Revoke a refresh handle: every handle of its rotation chain from it on is forgotten, and the
         chain's current real refresh token is returned, for the authorization server to revoke (None when
-        the chain had ended already). A refresh of the current handle in flight here is waited for, so that
-        what it brings ends too: its answer is withheld, or if it was handed out, the chain goes on from
-        there."""
+        the chain had ended already), with whether the chain was forgotten. A refresh of the current handle
+        in flight here is waited for, so that what it brings ends too: its answer is withheld, or if it was
+        handed out, the chain goes on from there. ``now=False``: with no refresh in flight, nothing is
+        forgotten yet, only found: the caller forgets once the authorization server has accepted the
+        revocation (which checks the client's credentials: a thief's revocation must not log anyone out)."""
         chain = await self._chain(handle, record)
-        for link, _ in chain:
-            await self.vault.forget(link)
         current, last = chain[-1]
         real = last.secret if last.kind == "refresh" else None
         running = self._flights.get(current)
+        if running is None and not now and real is not None:
+            return real, False
+        for link, _ in chain:
+            await self.vault.forget(link)
         if running is None:
-            return real
+            return real, True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(running.answer), REFRESH_WAIT_SECONDS)
         if running.withheld:
-            return running.withheld
+            return running.withheld, True
         # The flight may have rotated the handle before it saw the revocation: that record goes too, and the
         # chain goes on from the successor it handed out.
         await self.vault.forget(current)
         if running.successor and (successor := await self.vault.find(running.successor)):
             return await self.end(running.successor, successor)
-        return real
+        return real, True
 
     async def _chain(self, handle: str, record: Record) -> list[tuple[str, Record]]:
         """The rotation chain from ``handle`` on, to its current refresh handle (kind "refresh", last), or to

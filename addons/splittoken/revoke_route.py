@@ -48,14 +48,14 @@ class RevokeRoute:
             # answer 200 for tokens it does not know, so nothing leaks.
             return
         if record.kind == "access":
-            await self.vault.forget(handle)
             real: str | None = record.real_token(handle)
+            forgotten = False
         else:
-            real = await self.refreshes.end(handle, record)
-        self.events.revoke(flow, handle, record.subject)
-        st.event, st.handle, st.revoked_kind = "revoked", redact(handle), record.kind
-        st.handle_id = handle_id(handle)
-        logger.info("revoked %s handle %s", record.kind, redact(handle))
+            real, forgotten = await self.refreshes.end(handle, record, now=False)
+        st.handle, st.revoked_kind, st.handle_id = redact(handle), record.kind, handle_id(handle)
+        st.revocation_pending = not forgotten
+        if forgotten:
+            self._revoked(flow, st, handle, record.subject)
         if real is None:
             note = f"revoked {record.kind} handle {redact(handle)}, whose chain had ended"
             return self.answers.answer(flow, st, http.Response.make(200), note, refused=False)
@@ -64,9 +64,14 @@ class RevokeRoute:
         if "token_type_hint" in body.fields:
             body.fields["token_type_hint"] = "access_token" if record.kind == "access" else "refresh_token"
         flow.request.content = body.render()
-        annotate(flow, f"revoked {record.kind} handle {redact(handle)}")
+        annotate(flow, f"revoking {record.kind} handle {redact(handle)}")
 
-    def response(self, flow: http.HTTPFlow, st: FlowState) -> None:
+    def _revoked(self, flow: http.HTTPFlow, st: FlowState, handle: str, subject: str) -> None:
+        self.events.revoke(flow, handle, subject)
+        st.event, st.revocation_pending = "revoked", False
+        logger.info("revoked %s handle %s", st.revoked_kind, redact(handle))
+
+    async def response(self, flow: http.HTTPFlow, st: FlowState) -> None:
         assert flow.response
         if st.swapped_in:
             try:
@@ -83,3 +88,18 @@ class RevokeRoute:
         ):
             flow.response = http.Response.make(200, b"", {"Cache-Control": "no-store"})
             annotate(flow, f"revoked access handle {st.handle} (kept only by the proxy)")
+        if st.revocation_pending and flow.response.status_code == 200:
+            await self._forget(flow, st)
+
+    async def _forget(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        """The authorization server accepted the revocation (RFC 7009 §2.2: 200), so the client was who it
+        had to be: the handle, or the refresh handle's whole chain, is forgotten now."""
+        handle = st.swapped_for
+        record = await self.vault.find(handle)
+        if record is None:
+            return
+        if record.kind == "access":
+            await self.vault.forget(handle)
+        else:
+            await self.refreshes.end(handle, record)
+        self._revoked(flow, st, handle, record.subject)

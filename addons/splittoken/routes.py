@@ -82,7 +82,7 @@ class Routes:
             finally:
                 self.refreshes.settle(flow, st)
         elif st.route == "revoke":
-            self.revoke.response(flow, st)
+            await self.answers.guard(flow, st, self.revoke.response(flow, st), policy.store_unavailable())
         elif st.route == "introspect":
             self.introspect.response(flow, st)
         else:

@@ -43,6 +43,7 @@ class FlowState:
     refused: str = ""  # why the proxy answered itself with an error
     answered: bool = False  # the proxy answered: later hooks leave the flow alone
     revoked_kind: str = ""
+    revocation_pending: bool = False  # the handle is forgotten once the authorization server accepts it
     refresh_digest: str = ""  # store key of the real refresh token sent upstream
     # DPoP (RFC 9449): the thumbprint of the key of the request's valid proof, or of the key the handles
     # issued are bound to; and what the proof check found ("" when there was no proof to check).

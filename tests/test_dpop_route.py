@@ -109,6 +109,9 @@ async def test_a_token_request_with_a_proof_gets_bound_handles(proxy: Proxy) -> 
     assert stored(proxy, body["access_token"]).jkt == JKT
     assert stored(proxy, body["refresh_token"]).jkt == JKT
     assert "DPoP-bound" in flow.comment
+    assert "splits=1 dpop_bound_splits=1 bearer_splits=0" in proxy.tctx.master.commands.call(
+        "splittoken.stats"
+    )
 
 
 async def test_a_token_request_without_a_proof_gets_bearer_handles(proxy: Proxy) -> None:

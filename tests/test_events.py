@@ -135,8 +135,8 @@ async def test_a_handles_life_is_counted_scraped_and_audited(proxy: Proxy, tmp_p
         Reason.UNKNOWN_HANDLE: 2, Reason.METHOD: 1, Reason.STORE_UNAVAILABLE: 1,
     }  # fmt: skip
     assert dict(events.counts) == {
-        "splits": 2, "joins": 3, "refreshes": 1, "revocations": 1, "introspections": 1, "refusals": 4,
-        "store_errors": 1,
+        "splits": 2, "bearer_splits": 2, "joins": 3, "refreshes": 1, "revocations": 1, "introspections": 1,
+        "refusals": 4, "store_errors": 1,
     }  # fmt: skip
 
     lines = audit_lines(audit, 12)
@@ -177,7 +177,8 @@ async def test_stats_prints_every_count(proxy: Proxy) -> None:
     await assert_refused(proxy, api_flow(), 401, None)
     stats = proxy.tctx.master.commands.call("splittoken.stats")
     assert stats.endswith(
-        "splits=1 joins=1 refreshes=0 revocations=0 introspections=0 refusals=1 store_errors=0"
+        "splits=1 dpop_bound_splits=0 bearer_splits=1 joins=1 refreshes=0 revocations=0 introspections=0"
+        " refusals=1 store_errors=0"
     ), stats
     assert proxy.addon.events.refusals == {Reason.MISSING: 1}
 
@@ -286,13 +287,14 @@ def test_off_means_counts_only(tmp_path: Path) -> None:
     events = Events()
     flow = flow_at(("127.0.0.1", 1))
     events.split(flow, "a" * 43, "r" * 43, "alice")
+    events.split(flow, "b" * 43, "s" * 43, "alice", bound=True)
     events.join(flow, joined("a" * 43, "alice"), 0.0)
     events.refuse(flow, FlowState("api"), Reason.MALFORMED)
     events.refresh(flow, "r" * 43, "s" * 43, None, "")
     events.revoke(None, "a" * 43, "")
     events.introspect(flow, "a" * 43, "")
     events.store_error()
-    assert dict(events.counts) == dict.fromkeys(COUNTS, 1)
+    assert dict(events.counts) == dict.fromkeys(COUNTS, 1) | {"splits": 2}
     assert events.metrics is None and events.audit is None
     events.close()
 

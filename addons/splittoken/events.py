@@ -31,7 +31,17 @@ from .vault import Vault
 logger = logging.getLogger("splittoken")
 
 # The names of the in-process counts, as splittoken.stats prints them.
-COUNTS = ("splits", "joins", "refreshes", "revocations", "introspections", "refusals", "store_errors")
+COUNTS = (
+    "splits",
+    "dpop_bound_splits",
+    "bearer_splits",
+    "joins",
+    "refreshes",
+    "revocations",
+    "introspections",
+    "refusals",
+    "store_errors",
+)
 
 
 def _client(flow: http.HTTPFlow | None) -> tuple[Any, ...] | None:
@@ -113,10 +123,18 @@ class Events:
     # -----------------------------------------------------------------------------------------------------
     # Events: ``handle`` is the handle itself, ``sub`` the token's subject ("" when unknown).
 
-    def split(self, flow: http.HTTPFlow, handle: str | None, refresh_handle: str | None, sub: str) -> None:
+    def split(
+        self,
+        flow: http.HTTPFlow,
+        handle: str | None,
+        refresh_handle: str | None,
+        sub: str,
+        bound: bool = False,
+    ) -> None:
         """A token response was handed out with ``handle`` (None: no access token split) and
-        ``refresh_handle`` (None: no refresh token) in place of its tokens."""
+        ``refresh_handle`` (None: no refresh token) in place of its tokens; ``bound``: to a DPoP key."""
         self.counts["splits"] += 1
+        self.counts["dpop_bound_splits" if bound else "bearer_splits"] += 1
         if self.metrics is not None:
             self.metrics.split()
         if self.audit is not None:

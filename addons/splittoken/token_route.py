@@ -201,7 +201,7 @@ class TokenRoute:
         response.headers["Cache-Control"] = "no-store"  # RFC 6749 §5.1
         response.headers["Pragma"] = "no-cache"
         access = next((handle for handle, record in issue.records if record.kind == "access"), None)
-        self.events.split(flow, access, issue.refresh_handle, issue.subject)
+        self.events.split(flow, access, issue.refresh_handle, issue.subject, bound=bool(st.jkt))
         if st.swapped_for:  # a refresh grant: swapped_for is the refresh handle it presented
             renewed = issue.refresh_handle or st.swapped_for
             self.events.refresh(flow, st.swapped_for, renewed, access, issue.subject)

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -70,6 +71,22 @@ def test_every_spelling_goes_whole_or_streamed(
     assert whole is not None and not readable(whole, CLAIMS)
     sent, scanner = scanned(echo, body, cuts)
     assert sent == whole and not scanner.withheld
+
+
+@pytest.mark.parametrize("cut", [None, *range(len(TOKEN) - 2, len(TOKEN) + 8)])
+def test_an_escape_after_a_backslash_is_no_escape_whole_or_streamed(cut: int | None) -> None:
+    """Found by hypothesis: a JSON string reads ``\\u0065`` as a backslash and "u0065", so the claims
+    escaped after a backslash are text no client unescapes; the stream must judge them as the whole body
+    is judged, wherever the chunks are cut (the backslash in one, the escape in the next)."""
+    body = (TOKEN + "\\" + spelled(CLAIMS, [1])).encode()
+    echo = Echo(TOKEN, HANDLE)
+    whole = echo.redact(body)
+    assert whole is not None and whole.startswith(HANDLE.encode() + b"\\\\u00")
+    sent, _ = scanned(echo, body, [] if cut is None else [cut])
+    assert sent == whole
+    escaped = (TOKEN + "\\\\" + spelled(CLAIMS, [1])).encode()  # an even run: the escape is one
+    assert echo.redact(escaped) == (HANDLE + "\\\\" + HANDLE).encode()
+    assert scanned(echo, escaped, [] if cut is None else [cut])[0] == echo.redact(escaped)
 
 
 def test_bodies_without_the_token_pass_untouched() -> None:

@@ -66,6 +66,15 @@ def _spelling_at(data: bytes, at: int) -> tuple[int, int]:
     return data[at], 1
 
 
+def _after_odd_backslashes(data: bytes, at: int, odd_before: bool) -> bool:
+    """Whether ``data[at]`` follows an odd run of backslashes (``odd_before``: ``data`` itself does). A JSON
+    string reads ``\\u0065`` as a backslash and ``u0065``: an escape only after an even run is one."""
+    i = at
+    while i > 0 and data[i - 1] == 0x5C:
+        i -= 1
+    return bool((at - i + (odd_before if i == 0 else 0)) % 2)
+
+
 def _spelled(data: bytes, at: int, text: bytes) -> tuple[int, int]:
     """How far ``data`` spells ``text`` from ``at`` on: where it stops, and how many characters it spelled."""
     count = 0
@@ -158,15 +167,16 @@ class Echo:
                 return stop
         return -1
 
-    def rewrite(self, data: bytes, decided: int) -> tuple[bytearray, int]:
+    def rewrite(self, data: bytes, decided: int, odd_before: bool = False) -> tuple[bytearray, int]:
         """``data`` up to where its last spelling starting before ``decided`` ends, each spelling replaced by
-        the handle; and that end."""
+        the handle; and that end. ``odd_before``: what came before ``data`` ends in an odd run of
+        backslashes."""
         out, end = bytearray(), 0
         for match in self._starts.finditer(data):
             start = match.start()
             if start >= decided:
                 break
-            if start < end:
+            if start < end or (data[start] == 0x5C and _after_odd_backslashes(data, start, odd_before)):
                 continue
             stop = self._spelled_piece(data, start)
             if stop >= 0:
@@ -204,6 +214,7 @@ class Scanner:
         self._codec: str | None = None  # a UTF-16/32 body is read in its own encoding
         self._offset = 0  # bytes of the body before the current buffer, to read UTF-16/32 in step
         self._started = False
+        self._odd_backslashes = False  # what was let out ends in an odd run of backslashes
         self.withheld = False
 
     def _readable(self, data: bytes) -> bool:
@@ -240,7 +251,7 @@ class Scanner:
             self._started, self._codec = True, _stream_codec(data)
         keep = decided
         if self._readable(data):
-            rewritten, end = echo.rewrite(data, decided)
+            rewritten, end = echo.rewrite(data, decided, self._odd_backslashes)
             keep = max(end, decided)
             out = bytes(rewritten + data[end:keep])
             if self._exposes(out):
@@ -248,6 +259,7 @@ class Scanner:
                 return b""
         else:
             out = data[:keep]
+        self._odd_backslashes = _after_odd_backslashes(data, keep, self._odd_backslashes)
         self._tail = data[keep:]
         self._offset += keep
         if final:

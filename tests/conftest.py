@@ -7,6 +7,7 @@ from hooks import HookDriver, driven_addon
 from oidc_fixtures import oidc_provider  # noqa: F401  (a fixture, used by name)
 from procs import ManagedProcess
 from redis_server import RedisServer
+from redis_topologies import ClusterTopology, SentinelTopology, started
 from stack import start_api, start_idp
 
 
@@ -20,6 +21,18 @@ def redis_server(
     server.start()
     yield server
     server.stop()
+
+
+# A Redis Sentinel topology (master, replica, three sentinels) and a three-master Redis Cluster, one of each
+# per test module that asks; modules that need a password define their own.
+@pytest.fixture(scope="module")
+def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
+    yield from started(SentinelTopology(tmp_path_factory.mktemp("sentinel")))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
+    yield from started(ClusterTopology(tmp_path_factory.mktemp("cluster")))
 
 
 # The demo identity provider and echo API, one of each per test module that asks.

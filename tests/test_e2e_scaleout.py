@@ -167,16 +167,6 @@ def assert_unavailable(response: requests.Response, *secrets: str) -> None:
 # Stores several proxies share
 
 
-@pytest.fixture(scope="module")
-def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
-    yield from started(SentinelTopology(tmp_path_factory.mktemp("sentinel")))
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
-    yield from started(ClusterTopology(tmp_path_factory.mktemp("cluster")))
-
-
 def store_of(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The ``splittoken_store`` of the kind ``request.param`` names, empty, for proxies to share."""
     if request.param == "disk":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from redis_topologies import ClusterTopology, SentinelTopology, started
+from redis_topologies import ClusterTopology, SentinelTopology
 from splittoken.store import Store, StoreStats, open_store
 
 TTL = 0.5  # lease ttl where a test waits for one to run out: short, so that the waiting costs little
@@ -36,16 +36,6 @@ def key(name: str) -> str:
 
 def owner() -> str:
     return secrets.token_hex(8)
-
-
-@pytest.fixture(scope="module")
-def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
-    yield from started(SentinelTopology(tmp_path_factory.mktemp("sentinel")))
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
-    yield from started(ClusterTopology(tmp_path_factory.mktemp("cluster")))
 
 
 @pytest.fixture(params=["disk", "redis", "sentinel", "cluster"])

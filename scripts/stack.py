@@ -100,6 +100,9 @@ def start_proxy(
     process = start_process(args, re.compile(rf"listening at .*:{idp_port}\b"), timeout=30, echo=echo)
     try:
         process.wait_for(re.compile(rf"listening at .*:{api_port}\b"), timeout=30)
+        if addon and not {"-q", "--quiet"} & set(args):
+            # mitmproxy listens before it has loaded the script: until this line, flows pass untouched.
+            process.wait_for("splittoken: ready", timeout=30)
         web_url = None
         if tool == "mitmweb":
             web_url = process.wait_for(re.compile(r"Web server listening at (\S+)"), timeout=30).group(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import weakref
 from collections.abc import Awaitable
 from typing import Any
@@ -114,6 +115,13 @@ class SplitToken:
     def running(self) -> None:
         for problem in options.unknown_names(ctx.options):
             self._misconfigured(problem)
+        if self.misconfigured:
+            # mitmproxy exits for an error logged at start-up only while it is looking, and it loads `-s`
+            # scripts a few event-loop turns after it starts: a script loaded late would leave a proxy up
+            # that refuses every flow. Exit either way; the error above names the option.
+            sys.exit(1)
+        # mitmproxy opens its listeners before the script has loaded: this line says the addon now serves.
+        logger.info("splittoken: ready")
         self._purger = asyncio.get_running_loop().create_task(self._purge_periodically())
 
     async def _purge_periodically(self) -> None:

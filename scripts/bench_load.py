@@ -111,7 +111,7 @@ def run_wrk(proxy: Proxy, seconds: int, connections: int, authorization: str | P
     cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
     done = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-         "-s", str(WRK_SCRIPT), proxy.api_url + "/bench"],
+         "-s", str(WRK_SCRIPT), proxy.api_url + "/_bench"],
         env=env, capture_output=True, text=True, timeout=seconds + 60, check=False,
     )  # fmt: skip
     cpu, wall = cpu_seconds(pid) - cpu_before, time.monotonic() - wall_before

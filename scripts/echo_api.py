@@ -14,6 +14,9 @@ Any method on any path answers 200 JSON:
 except:
     /_stats        {"requests": n, "authorizations": [each Authorization header received, in order]}
     POST /_reset   zeroes those.
+    /_bench        {"ok": true}, nothing echoed, decoded or recorded: what `make bench` calls, so that the
+                   API's own work and the answer's size are the same behind every proxy compared (a real API
+                   does not echo the token it was sent).
 Request bodies may come with Content-Length or chunked; HEAD and keep-alive work.
 """
 
@@ -81,7 +84,9 @@ class Handler(QuietHandler):
             self.send(400, {"error": "invalid_request", "error_description": str(exc)})
             return
         url = urlsplit(self.path)
-        if url.path == "/_stats":
+        if url.path == "/_bench":
+            self.send(200, {"ok": True})
+        elif url.path == "/_stats":
             self.send(200, self.server.stats.snapshot())
         elif url.path == "/_reset" and self.command == "POST":
             self.server.stats.reset()

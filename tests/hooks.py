@@ -34,13 +34,12 @@ class HookDriver:
 
     async def request(self, flow: http.HTTPFlow) -> bool:
         """requestheaders + request; True when the flow would go upstream (no local answer)."""
-        result = self.addon.requestheaders(flow)
-        if inspect.isawaitable(result):
-            await result
+        await awaited(self.addon.requestheaders(flow))
         if flow.response is None:
-            await self.addon.request(flow)
+            await awaited(self.addon.request(flow))
         if flow.response is not None:
-            await self.addon.response(flow)  # mitmproxy runs it for local answers too: must be a no-op
+            # mitmproxy runs it for local answers too: must be a no-op
+            await awaited(self.addon.response(flow))
             return False
         return True
 
@@ -48,7 +47,7 @@ class HookDriver:
         """The upstream answer arrives: responseheaders + response; returns what the client gets."""
         flow.response = upstream
         self.addon.responseheaders(flow)
-        await self.addon.response(flow)
+        await awaited(self.addon.response(flow))
         assert flow.response is not None
         return flow.response
 
@@ -58,6 +57,12 @@ class HookDriver:
             return await self.respond(flow, upstream)
         assert flow.response is not None
         return flow.response
+
+
+async def awaited(result: object) -> None:
+    """What mitmproxy does with a hook's result: awaited when it is awaitable (the hook has work left)."""
+    if inspect.isawaitable(result):
+        await result
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import pytest
 from mitmproxy import http
 
 from hooks import HookDriver as Proxy
-from hooks import flow_for
+from hooks import awaited, flow_for
 from oauth_flows import (
     API,
     REVERSE_API,
@@ -372,7 +372,7 @@ async def test_streamed_api_answers_are_scanned_chunk_by_chunk(proxy: Proxy, siz
     assert "content-length" not in upstream.headers and upstream.headers["transfer-encoding"] == "chunked"
     sent = stream_through(flow, body, size)
     assert sent == " ".join(["a" * 9000, handle, "b" * 9000, handle, handle, handle, "end"]).encode()
-    await proxy.addon.response(flow)
+    await awaited(proxy.addon.response(flow))
     assert flow.error is None and flow.live
 
 
@@ -412,7 +412,7 @@ async def test_streamed_answers_quoting_the_jwt_beyond_rewriting_are_cut_short(p
     sent = stream_through(flow, body, 4096)
     assert len(sent) < len(body)
     assert token.split(".")[1].encode("utf-16-le") not in sent
-    await proxy.addon.response(flow)
+    await awaited(proxy.addon.response(flow))
     assert flow.error is not None and not flow.live  # killed: the client sees the answer cut short
 
 
@@ -640,3 +640,39 @@ async def test_refusals_of_echoing_answers_carry_cors_too(proxy: Proxy) -> None:
     answer = await proxy.respond(flow, upstream)
     assert_error(answer, 502, "server_error")
     assert answer.headers["Access-Control-Allow-Origin"] == PAGE
+
+
+async def test_a_failure_judging_an_api_answer_refuses_it(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong while an API's answer is searched for the JWT, the answer does not leave: 502,
+    not mitmproxy's default of passing it on."""
+    fields, client = await login(proxy)
+    flow = api_flow(f"Bearer {body_of(client)['access_token']}")
+    assert await proxy.request(flow)
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a bug in the scan")
+
+    monkeypatch.setattr(proxy.addon.routes.api, "response", broken)
+    echoed = http.Response.make(200, json.dumps({"token": fields["access_token"]}))
+    answer = await proxy.respond(flow, echoed)
+    assert answer.status_code == 502
+    assert fields["access_token"].encode() not in (answer.content or b"")
+    assert flow.metadata["splittoken"]["refused"]  # published: mitmweb shows why
+
+
+async def test_a_failure_on_an_api_answers_headers_closes_the_flow(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fields, client = await login(proxy)
+    flow = api_flow(f"Bearer {body_of(client)['access_token']}")
+    assert await proxy.request(flow)
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a bug in the header scan")
+
+    monkeypatch.setattr(proxy.addon.routes.api, "responseheaders", broken)
+    flow.response = http.Response.make(200, b"{}", {"x-debug": fields["access_token"]})
+    proxy.addon.responseheaders(flow)
+    assert flow.error is not None and flow.error.msg == "Connection killed."

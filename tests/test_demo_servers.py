@@ -231,3 +231,13 @@ def test_echo_answers_no_cors_elsewhere(echo: ManagedProcess, origin: str) -> No
 )
 def test_loopback_origin(url: str, origin: str | None) -> None:
     assert demo_http.loopback_origin(url) == origin
+
+
+def test_echo_bench_path_answers_the_same_small_body_whatever_it_is_sent(echo: ManagedProcess) -> None:
+    reset(echo)
+    jwt_like = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln"
+    for authorization in (f"Bearer {jwt_like}", "Bearer xxxx", None):
+        headers = {"Authorization": authorization} if authorization else {}
+        answer = requests.get(f"{echo.url}/_bench", headers=headers, timeout=TIMEOUT)
+        assert (answer.status_code, answer.json()) == (200, {"ok": True})
+    assert stats(echo) == {"requests": 0, "authorizations": []}

@@ -156,7 +156,7 @@ class SplitToken:
         if st.route == "api":
             # Re-joining needs only the headers; done here so that streamed request bodies work too. The
             # guard publishes the state.
-            return self.answers.guard(flow, st, self.routes.api.request(flow, st), policy.store_unavailable())
+            return self.answers.guard(flow, st, self.routes.api.request(flow, st), policy.STORE_UNAVAILABLE)
         st.publish(flow.metadata)
         # Token and revocation bodies are read and rewritten: they must be buffered, never streamed, and
         # answered uncompressed, so that a response is judged without inflating what a server compressed.
@@ -164,10 +164,13 @@ class SplitToken:
         flow.request.headers["accept-encoding"] = "identity"
         return None
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         st = self.flows.get(flow)
         if st is None or st.answered or flow.response or not flow.live or st.route == "api":
-            return
+            return None  # API calls were joined on their headers; nothing to await
+        return self._endpoint_request(flow, st)
+
+    async def _endpoint_request(self, flow: http.HTTPFlow, st: FlowState) -> None:
         if not await self.routes.request(flow, st):
             del self.flows[flow]
             flow.metadata.pop(META, None)
@@ -177,10 +180,11 @@ class SplitToken:
         if st := self.flows.get(flow):
             self.routes.responseheaders(flow, st)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         st = self.flows.get(flow)
         if st is not None and not st.answered and flow.response is not None:
-            await self.routes.response(flow, st)
+            return self.routes.response(flow, st)
+        return None
 
     def error(self, flow: http.HTTPFlow) -> None:
         if st := self.flows.get(flow):

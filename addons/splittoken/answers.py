@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from mitmproxy import http
 
@@ -55,17 +55,32 @@ class Answers:
         """Run a hook's work so that no failure lets a token through, and publish what it learnt."""
         try:
             await work
-        except StoreUnavailable as e:
+        except Exception as e:
+            self._failed(flow, st, e, on_error)
+        finally:
+            st.publish(flow.metadata)
+
+    def guard_now(
+        self, flow: http.HTTPFlow, st: FlowState, work: Callable[[], None], on_error: Refusal
+    ) -> None:
+        """``guard`` for work that never waits (an API's answer, judged in place)."""
+        try:
+            work()
+        except Exception as e:
+            self._failed(flow, st, e, on_error)
+        finally:
+            st.publish(flow.metadata)
+
+    def _failed(self, flow: http.HTTPFlow, st: FlowState, e: Exception, on_error: Refusal) -> None:
+        if isinstance(e, StoreUnavailable):
             logger.error("token store unavailable: %s", e)
             self.events.store_error()
-            self.refuse(flow, st, policy.store_unavailable())
-        except Exception as e:
+            self.refuse(flow, st, policy.STORE_UNAVAILABLE)
+        else:
             # Instead of mitmproxy's default of forwarding the flow as is. The text could hold a token: log
             # the type only.
             logger.error("split-token failed on %s: %s", logged_path(flow), type(e).__name__)
             self.refuse(flow, st, dataclasses.replace(on_error, reason=Reason.INTERNAL))
-        finally:
-            st.publish(flow.metadata)
 
 
 def annotate(flow: http.HTTPFlow, note: str, refused: bool = False) -> None:

@@ -169,9 +169,10 @@ class ApiRoute:
             response.content = redacted
 
     def _echo(self, st: FlowState) -> Echo | None:
-        if st.event != "joined" or not self.settings.redact_api_responses or not st.swapped_in:
-            return None
-        return Echo(st.swapped_in, st.swapped_in.rpartition(".")[2])
+        """What to look for in the answer to a joined request; made once, for its headers and its body."""
+        if st.echo is None and st.event == "joined" and self.settings.redact_api_responses and st.swapped_in:
+            st.echo = Echo(st.swapped_in, st.swapped_in.rpartition(".")[2])
+        return st.echo
 
     def _streams(self, flow: http.HTTPFlow) -> bool:
         response = flow.response

@@ -103,6 +103,10 @@ def store_unavailable(retry_after: int = 5) -> Refusal:
     )  # fmt: skip
 
 
+# Every guarded hook names it as its error: made once, not per request.
+STORE_UNAVAILABLE = store_unavailable()
+
+
 def bad_gateway(description: str) -> Refusal:
     # The authorization server answered with something the proxy will not hand on (RFC 9110 §15.6.3).
     description = f"authorization server response refused: {description}"

@@ -7,6 +7,7 @@ token endpoints taught) is the shell's and handed in.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 import jwt
 from mitmproxy import http
@@ -58,7 +59,7 @@ class Routes:
             work = self.api.request(flow, st)
         else:
             return False
-        await self.answers.guard(flow, st, work, policy.store_unavailable())
+        await self.answers.guard(flow, st, work, policy.STORE_UNAVAILABLE)
         if flow.response:
             self.refreshes.settle(flow, st)  # answered here: clients waiting on this refresh get the same
         return True
@@ -71,9 +72,21 @@ class Routes:
             logger.error("token response over stream_large_bodies on %s: closed", logged_path(flow))
             flow.kill()
         elif st.route == "api":
-            self.api.responseheaders(flow, st)
+            try:
+                self.api.responseheaders(flow, st)
+            except Exception as e:
+                # Its headers could show the token, and its body would pass unscanned: it never leaves.
+                logger.error("split-token failed on %s: %s; closed", logged_path(flow), type(e).__name__)
+                flow.kill()
 
-    async def response(self, flow: http.HTTPFlow, st: FlowState) -> None:
+    def response(self, flow: http.HTTPFlow, st: FlowState) -> Awaitable[None] | None:
+        """An API's answer is judged at once (the common case: nothing to await); the others as below."""
+        if st.route == "api" and not st.authorization_server:
+            self.answers.guard_now(flow, st, lambda: self.api.response(flow, st), INTERNAL_ERROR)
+            return None
+        return self._endpoint_response(flow, st)
+
+    async def _endpoint_response(self, flow: http.HTTPFlow, st: FlowState) -> None:
         if st.route == "token":
             try:
                 await self.answers.guard(
@@ -82,12 +95,12 @@ class Routes:
             finally:
                 self.refreshes.settle(flow, st)
         elif st.route == "revoke":
-            await self.answers.guard(flow, st, self.revoke.response(flow, st), policy.store_unavailable())
+            await self.answers.guard(flow, st, self.revoke.response(flow, st), policy.STORE_UNAVAILABLE)
         elif st.route == "introspect":
             self.introspect.response(flow, st)
         else:
-            self.api.response(flow, st)
-            if st.authorization_server:
+            self.answers.guard_now(flow, st, lambda: self.api.response(flow, st), INTERNAL_ERROR)
+            if not st.answered:
                 # A second line behind the filters: whatever the authorization server answers is judged as a
                 # token response would be, so a path spelling no filter foresaw cannot carry a token out.
                 work = self.token.response(flow, st, strict=False)

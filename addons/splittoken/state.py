@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .redaction import Echo
 
 # The key under flow.metadata.
 META = "splittoken"
@@ -54,6 +57,8 @@ class FlowState:
     swapped_in: str = _secret()  # the real token the proxy put into this request: it must not come back
     swapped_for: str = _secret()  # the handle swapped_in stands for: what its answer may show instead
     client: str = _secret()  # a refresh's client authentication (policy.client_authentication)
+    # How swapped_in would show in the answer: worked out once, for its headers and its body.
+    echo: Echo | None = field(default=None, repr=False, metadata={"secret": True})
 
     def publish(self, metadata: dict[str, Any]) -> None:
         metadata[META] = {name: getattr(self, name) for name in _PUBLISHED}

@@ -47,17 +47,18 @@ class Plan:
     rss_seconds: int  # wrk run against the RSS probe proxy
     rss_handles: int  # distinct handles that run rotates through
     profile_seconds: int  # py-spy on a proxy under wrk (--profile)
+    chain_flows: int  # flows per run of scripts/bench_chain.py (one run per kind and round)
 
 
 FULL = Plan(
     rounds=5, seconds=5, warmup_seconds=2, connections=16, rotating_handles=1_000,
     sizes=(1_000, 100_000, 1_000_000), micro_rounds=5, joins=2_000, working_set=1_000, splits=400,
-    rss_seconds=5, rss_handles=20_000, profile_seconds=10,
+    rss_seconds=5, rss_handles=20_000, profile_seconds=10, chain_flows=3_000,
 )  # fmt: skip
 QUICK = Plan(
     rounds=1, seconds=1, warmup_seconds=0, connections=16, rotating_handles=50,
     sizes=(100, 300, 1_000), micro_rounds=1, joins=200, working_set=50, splits=40,
-    rss_seconds=1, rss_handles=300, profile_seconds=1,
+    rss_seconds=1, rss_handles=300, profile_seconds=1, chain_flows=200,
 )  # fmt: skip
 
 

@@ -72,8 +72,13 @@ CONFIGS = (
            {"splittoken_metrics": "127.0.0.1:0", "splittoken_audit_log": "{work}/audit-j.log"}),
 )  # fmt: skip
 ADDON_CONFIGS = tuple(c for c in CONFIGS if c.store)
-# Stores whose proxies keep no record cache (RedisStore.changes says why): every join reads the store.
-UNCACHED_STORES = ("sentinel", "cluster")
+# Propagation: per store, the proxy that revokes and the one that had the handle cached. Sentinel and Cluster
+# have one proxy each under wrk: a second one revokes.
+PROPAGATION_PAIRS = {"disk": ("b", "f"), "redis": ("c", "g"), "sentinel": ("h2", "h"), "cluster": ("i2", "i")}
+REVOKERS = (
+    Config("h2", "addon, Redis Sentinel store, -q (revokes, for the propagation)", "sentinel", True),
+    Config("i2", "addon, Redis Cluster store, -q (revokes, for the propagation)", "cluster", True),
+)
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,7 @@ def start_proxies(
 
     first, *others = CONFIGS
     proxies = {first.name: start(first)}
+    others += REVOKERS
     with ThreadPoolExecutor(len(others)) as pool:
         proxies |= dict(zip((c.name for c in others), pool.map(start, others), strict=True))
     return proxies
@@ -319,10 +325,9 @@ def top_frames(collapsed: str) -> list[tuple[str, float, float]]:
 def propagation(proxies: dict[str, Proxy], times: int) -> dict[str, list[float]]:
     """Seconds from a revocation through one proxy (RFC 7009) to the first refusal by another proxy on the
     same store that had the handle cached, per store, ``times`` each."""
-    pairs = {"disk": ("b", "f"), "redis": ("c", "g")}
-    took: dict[str, list[float]] = {store: [] for store in pairs}
+    took: dict[str, list[float]] = {store: [] for store in PROPAGATION_PAIRS}
     with requests.Session() as session:
-        for store, (revoker, watcher) in pairs.items():
+        for store, (revoker, watcher) in PROPAGATION_PAIRS.items():
             for _ in range(times):
                 took[store].append(revocation(session, proxies[revoker], proxies[watcher]))
     return took

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 # Loopback stands in for a wildcard bind address (mitmdump prints "*:8080"): that is what tests connect to.
@@ -30,11 +32,35 @@ _WILDCARDS = {"*", "", "0.0.0.0", "::", "[::]"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago. Another process may take it before you bind it; prefer
-    ``--port 0`` and reading the port from the ready line where the program supports it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port that was free a moment ago, for a server started next; prefer ``--port 0`` and reading the port
+    from the ready line where the program supports it.
+
+    Picked below the kernel's ephemeral range, where the port 0 trick would pick: there, every outgoing
+    connection (the tests open thousands) also takes a port, and one could take it before the server binds
+    it. Never the same port twice in one process."""
+    low = _ephemeral_low()
+    while True:
+        port = _random.randrange(max(1024, low - 20_000), low)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+
+
+_random = random.SystemRandom()
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def listening_on(name: str) -> re.Pattern[str]:

@@ -3,7 +3,9 @@
 - records and leases spread over the slots of all three masters, and stats count them across masters;
 - a master killed (SIGKILL) or frozen (SIGSTOP) makes the calls for its slots fail fast with StoreUnavailable,
   never None, while the other masters go on answering; restarted, it serves its records again to the same
-  store object.
+  store object;
+- the record cache's change feed hears a revocation on any master; a master it does not hear (a killed one,
+  a node that joins) turns the cache dark until the feed hears every master again.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from urllib.parse import quote
 import pytest
 
 from procs import free_port
+from redis_server import RedisServer
 from redis_topologies import ClusterTopology, bounded_by, far, key, started, wait_until
+from splittoken.cache import RecordCache
 from splittoken.errors import StoreUnavailable
 from splittoken.redis_config import redact_redis_url
 from splittoken.redis_store import RedisStore
+from splittoken.seal import Record, store_key
 from splittoken.store import StoreStats, open_store
+from splittoken.vault import Vault
 
 PASSWORD = "s3cret/p@ss:word"  # characters that need percent-encoding in a URL
 TIMEOUT = 0.5  # store timeout: short, so that calls to a dead master cost little test time
@@ -145,6 +151,113 @@ def test_a_frozen_master_does_not_slow_the_others(fresh_cluster: ClusterTopology
     store.close()
 
 
+# --- the record cache's change feed ---
+
+HANDLES = [f"{i:02d}" + "h" * 41 for i in range(12)]
+
+
+def cached_vault(url: str) -> tuple[Vault, RecordCache]:
+    vault = Vault(RedisStore(url, timeout=TIMEOUT), cache_size=len(HANDLES))
+    assert vault.cache is not None, "no record cache on a Cluster"
+    wait_until("the cache is live", lambda: vault.cache is not None and vault.cache.live)
+    return vault, vault.cache
+
+
+def all_cached(vault: Vault, cache: RecordCache) -> bool:
+    """Whether every handle is found and held in the cache now (a read just after a write's own
+    invalidation is not kept: asked again)."""
+    return all(vault.find_now(h) is not None for h in HANDLES) and len(cache) == len(HANDLES)
+
+
+def test_a_revocation_on_any_master_reaches_the_cache(cluster: ClusterTopology) -> None:
+    writer = Vault(RedisStore(cluster.url, timeout=TIMEOUT), cache_size=0)
+    reader, cache = cached_vault(cluster.url)
+    try:
+        for handle in HANDLES:
+            writer.keep_now(handle, Record("access", "h.p", far(), subject="alice"))
+        homes = {cluster.node_for(RedisStore.PREFIX + store_key(h)).port for h in HANDLES}
+        assert len(homes) == len(cluster.nodes), "the handles do not spread over every master"
+        wait_until("every record is cached", lambda: all_cached(reader, cache))
+        for left, handle in reversed(list(enumerate(HANDLES))):
+            assert writer.forget_now(handle)
+            wait_until("the revocation is heard", lambda: len(cache) == left, timeout=1)  # noqa: B023
+            assert reader.find_now(handle) is None
+    finally:
+        writer.close(), reader.close()
+
+
+def test_a_killed_master_darkens_the_cache_until_it_is_back(fresh_cluster: ClusterTopology) -> None:
+    """The feed cannot hear a dead master, whose keys nobody can write either: the cache goes dark, joins
+    read the store (the dead master's slots fail, the others answer), and it is live again once every
+    master is."""
+    cluster = fresh_cluster
+    reader, cache = cached_vault(cluster.url)
+    try:
+        for handle in HANDLES:
+            reader.keep_now(handle, Record("access", "h.p", far(), subject="alice"))
+        wait_until("every record is cached", lambda: all_cached(reader, cache))
+        victim = cluster.nodes[0]
+        on_victim = {h for h in HANDLES if cluster.node_for(RedisStore.PREFIX + store_key(h)) is victim}
+        assert 0 < len(on_victim) < len(HANDLES)
+        victim.kill()
+        wait_until("the cache is dark and empty", lambda: not cache.live and len(cache) == 0, timeout=2)
+        for handle in HANDLES:
+            if handle in on_victim:
+                with pytest.raises(StoreUnavailable):
+                    bounded(lambda: reader.find_now(handle))  # noqa: B023 (called at once)
+            else:
+                assert bounded(lambda: reader.find_now(handle)) is not None  # noqa: B023
+        assert not cache.live
+        victim.start()
+        for node in cluster.nodes:
+            cluster.wait_until_served(node)
+        wait_until("the cache is live again", lambda: cache.live)
+        wait_until("every record is cached again", lambda: all_cached(reader, cache))
+    finally:
+        reader.close()
+
+
+def test_a_master_that_joins_darkens_the_cache_until_the_feed_hears_it(
+    fresh_cluster: ClusterTopology,
+) -> None:
+    cluster = fresh_cluster
+    reader, cache = cached_vault(cluster.url)
+    newcomer_dir = cluster.nodes[0].directory.parent / "newcomer"
+    newcomer_dir.mkdir()
+    bus_port = free_port()
+    newcomer = RedisServer(
+        newcomer_dir, password=cluster.password, extra_args=[
+            "--cluster-enabled", "yes", "--cluster-config-file", str(newcomer_dir / "nodes.conf"),
+            "--cluster-port", str(bus_port), "--cluster-node-timeout", "1000",
+            "--cluster-require-full-coverage", "no", "--masterauth", cluster.password or "",
+        ],
+    )  # fmt: skip
+    newcomer.start()
+    try:
+        for handle in HANDLES:
+            reader.keep_now(handle, Record("access", "h.p", far(), subject="alice"))
+        wait_until("every record is cached", lambda: all_cached(reader, cache))
+        first = cluster.client(cluster.nodes[0])
+        try:
+            first.execute_command("CLUSTER", "MEET", "127.0.0.1", str(newcomer.port), str(bus_port))
+        finally:
+            first.close()
+        # A master with no slots yet: the feed must hear it before anything moves there. The cache is dark
+        # only until the feed has connected to it too, a moment: what shows is that it was emptied.
+        wait_until("the cache is emptied", lambda: len(cache) == 0, timeout=5)
+        heard = ("127.0.0.1", newcomer.port)
+
+        def hears_the_newcomer() -> bool:
+            feed = cache._changes._connections  # type: ignore[attr-defined]
+            return cache.live and heard in {(c.host, c.port) for c in feed}
+
+        # Live meanwhile only while every master it asks agrees on the masters, as the news spreads.
+        wait_until("the cache hears the newcomer too", hears_the_newcomer, timeout=15)
+    finally:
+        reader.close()
+        newcomer.stop()
+
+
 def test_the_store_opens_while_no_node_answers() -> None:
     hosts = ",".join(f"127.0.0.1:{free_port()}" for _ in range(3))
     store = RedisStore(f"redis+cluster://:{quote(PASSWORD, safe='')}@{hosts}", timeout=TIMEOUT)
@@ -225,4 +338,3 @@ def test_open_store_takes_cluster_urls() -> None:
         assert store.blocking is True
         assert repr(store) == f"RedisStore('{scheme}://:***@127.0.0.1:1,127.0.0.1:2')"
         store.close()
-

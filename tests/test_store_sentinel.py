@@ -3,7 +3,9 @@
 - a write is on the replica by the time put() returns (WAIT), and too few replicas fail it closed;
 - the master crashing (SIGKILL) or freezing (SIGSTOP): every call fails fast with StoreUnavailable, never
   answers None for a record that was acknowledged, and the same store object follows the promoted replica
-  within the issue's 30 s; a frozen master that wakes rejoins as a replica and has every acknowledged record.
+  within the issue's 30 s; a frozen master that wakes rejoins as a replica and has every acknowledged record;
+- the record cache's change feed: a revocation through another store reaches it, and a failover that
+  leaves the feed on a demoted master turns the cache dark until it follows the new one.
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import redis
 
 from procs import free_port
 from redis_server import RedisServer
 from redis_topologies import SERVICE, SentinelTopology, bounded_by, far, key, started, wait_until
+from splittoken import seal
+from splittoken.cache import RecordCache
 from splittoken.errors import StoreUnavailable
 from splittoken.redis_config import redact_redis_url
 from splittoken.redis_store import RedisStore
+from splittoken.seal import Record
 from splittoken.store import open_store
+from splittoken.vault import Vault
 
 PASSWORD = "s3cret/p@ss:word"  # characters that need percent-encoding in a URL
 TIMEOUT = 0.5  # store timeout: short, so that calls during a failover cost little test time
@@ -244,6 +251,122 @@ def put_succeeds(store: RedisStore, name: str, value: bytes) -> bool:
     return True
 
 
+# --- the record cache's change feed ---
+
+HANDLE = "h" * 43
+
+
+def cached_vault(url: str) -> tuple[Vault, RecordCache]:
+    vault = Vault(RedisStore(url, timeout=TIMEOUT), cache_size=10)
+    assert vault.cache is not None, "no record cache behind Sentinel"
+    wait_until("the cache is live", lambda: vault.cache is not None and vault.cache.live)
+    return vault, vault.cache
+
+
+def cached(vault: Vault, cache: RecordCache) -> bool:
+    """Whether the vault finds HANDLE and its cache holds it now (a read just after a write's own
+    invalidation is not kept: asked again)."""
+    return vault.find_now(HANDLE) is not None and len(cache) == 1
+
+
+def test_a_revocation_through_another_store_reaches_the_cache(sentinel: SentinelTopology) -> None:
+    writer, _ = cached_vault(sentinel.url)
+    reader, cache = cached_vault(sentinel.url)
+    try:
+        writer.keep_now(HANDLE, Record("access", "h.p", far(), subject="alice"))
+        wait_until("the record is cached", lambda: cached(reader, cache))
+        assert writer.forget_now(HANDLE)
+        revoked = time.monotonic()
+        wait_until("the revocation is heard", lambda: len(cache) == 0, timeout=1)
+        print(f"revocation heard {1000 * (time.monotonic() - revoked):.1f} ms after it")
+        assert reader.find_now(HANDLE) is None
+    finally:
+        writer.close(), reader.close()
+
+
+def test_a_failover_empties_the_cache_and_it_follows_the_new_master(fresh_sentinel: SentinelTopology) -> None:
+    """A failover the sentinels order (SENTINEL FAILOVER): the old master lives on as a replica. What the
+    cache held goes; once the feed follows the new master, a revocation made there reaches the cache."""
+    topology = fresh_sentinel
+    reader, cache = cached_vault(topology.url)
+    writer = Vault(RedisStore(topology.url, timeout=TIMEOUT), cache_size=0)
+    try:
+        writer.keep_now(HANDLE, Record("access", "h.p", far(), subject="alice"))
+        wait_until("the record is cached", lambda: cached(reader, cache))
+        old = topology.master()
+        on_sentinels(topology, [("SENTINEL", "FAILOVER", SERVICE)], only_first=True)
+        new = topology.wait_for_failover(old)
+        wait_until("the cache is emptied", lambda: len(cache) == 0, timeout=5)
+        wait_until("the record is cached again", lambda: cached(reader, cache), timeout=FAILOVER_BOUND)
+        assert feed_port(reader) == new.port
+        wait_until("the writer reaches the new master", lambda: _forgets(writer))
+        wait_until("the revocation on the new master is heard", lambda: len(cache) == 0, timeout=1)
+        assert reader.find_now(HANDLE) is None
+    finally:
+        writer.close(), reader.close()
+
+
+def test_a_feed_on_a_master_the_sentinels_no_longer_name_is_not_trusted(
+    fresh_sentinel: SentinelTopology,
+) -> None:
+    """Split brain, as a partition makes it: the sentinels have moved to another master while the old one,
+    cut off from them, still says it is master and keeps the feed's connection open. A revocation made on
+    the new master never reaches that feed; the cache must stop answering, not serve the revoked handle."""
+    topology = fresh_sentinel
+    reader, cache = cached_vault(topology.url)
+    writer = None
+    try:
+        reader.keep_now(HANDLE, Record("access", "h.p", far(), subject="alice"))
+        wait_until(
+            "the replica has it", lambda: on_server(topology, topology.replica(), seal.store_key(HANDLE))
+        )
+        wait_until("the record is cached", lambda: cached(reader, cache))
+        old, new = topology.master(), topology.replica()
+        topology.client(new).execute_command("REPLICAOF", "NO", "ONE")  # a second master
+        commands: list[tuple[str, ...]] = [
+            ("SENTINEL", "REMOVE", SERVICE),
+            ("SENTINEL", "MONITOR", SERVICE, "127.0.0.1", str(new.port), "2"),
+        ]
+        if topology.password:
+            commands.append(("SENTINEL", "SET", SERVICE, "auth-pass", topology.password))
+        on_sentinels(topology, commands)
+        assert topology.client(old).info("replication")["role"] == "master"  # nothing told it otherwise
+        writer = Vault(RedisStore(topology.url, timeout=TIMEOUT), cache_size=0)  # another proxy, started now
+        wait_until("the writer reaches the new master", lambda: _forgets(writer))
+        assert on_server(topology, old, seal.store_key(HANDLE)) is not None  # the feed's server never heard
+        wait_until("the cache is emptied", lambda: len(cache) == 0, timeout=1)
+        assert reader.find_now(HANDLE) is None
+        assert feed_port(reader) == new.port
+    finally:
+        reader.close()
+        if writer is not None:
+            writer.close()
+
+
+def on_sentinels(
+    topology: SentinelTopology, commands: list[tuple[str, ...]], only_first: bool = False
+) -> None:
+    for port in topology.sentinel_ports[: 1 if only_first else None]:
+        client = redis.Redis(port=port, socket_timeout=2)
+        try:
+            for command in commands:
+                client.execute_command(*command)
+        finally:
+            client.close()
+
+
+def feed_port(vault: Vault) -> int:
+    """The port of the master the vault's store now asks for (the sentinels' answer)."""
+    return vault.store._redis.connection_pool.get_master_address()[1]  # type: ignore[attr-defined]
+
+
+def _forgets(vault: Vault) -> bool:
+    try:
+        return vault.forget_now(HANDLE)
+    except StoreUnavailable:
+        return False
+
+
 # --- URLs ---
 
 
@@ -293,4 +416,3 @@ def test_open_store_takes_sentinel_urls() -> None:
         store.close()
     with pytest.raises(ValueError, match="min_replicas must be 0 or more"):
         open_store("redis+sentinel://127.0.0.1:1/mymaster", min_replicas=-1)
-

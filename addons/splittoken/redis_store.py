@@ -13,10 +13,10 @@ from redis._parsers import _RESP3Parser
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .errors import StoreUnavailable
-from .redis_changes import RedisChanges
+from .redis_changes import RedisChanges, cluster_connections, cluster_masters, still_master
 from .redis_config import (
     CLUSTER_SCHEMES,
     REDIS_ERRORS,
@@ -113,7 +113,7 @@ class RedisStore:
             raise ReplicasInvalid("min_replicas: Redis Cluster writes are not waited for")
         self._min_replicas = 0 if kind == "cluster" else min_replicas
         try:
-            self._password: str | None = self._configure(url, scheme, kind).get("password")
+            self._options = self._configure(url, scheme, kind)
         except (ValueError, TypeError) as e:
             raise ValueError(f"invalid Redis URL {self._safe_url}: {e}") from None
 
@@ -199,8 +199,8 @@ class RedisStore:
     def _unavailable(self, action: str, e: Exception) -> StoreUnavailable:
         message = f"redis {action} failed ({self._safe_url}): {type(e).__name__}: {e}"
         # redis-py's messages name host and port only; scrub anyway so no future wording can leak the secret.
-        if self._password:
-            message = message.replace(self._password, "***")
+        if password := self._options.get("password"):
+            message = message.replace(password, "***")
         return StoreUnavailable(message)
 
     def _replicas_wanted(self, client: _Client) -> int:
@@ -299,23 +299,32 @@ class RedisStore:
     def purge(self) -> int:
         return 0  # Redis purges expired keys itself: see stats()
 
-    def changes(self) -> RedisChanges | None:
-        """One server only. Behind Sentinel, the feed's connection may stay on a demoted master after a
-        failover, which still answers PING but no longer hears the writes; in a Cluster each master announces
-        its own slots only, and slots move. Rather than a feed that could miss a revocation, none: proxies on
-        those stores cache nothing."""
-        if self._sentinel is not None or self._cluster_options is not None:
-            return None
-        assert isinstance(self._redis, redis.Redis)
-        pool = self._redis.connection_pool
+    def changes(self) -> RedisChanges:
+        """The invalidations of the servers that take the writes. Behind Sentinel a demoted or cut-off master
+        still answers PING but no longer hears the writes, and in a Cluster a promoted replica or a new node
+        is a master nobody listens to: each confirmation asks the servers their ROLE, and the sentinels or the
+        masters who the masters are; the cache is trusted only while the answers name the feed's servers."""
         # The data connections' settings (address, TLS, password, timeouts), but RESP3 for push messages, with
         # redis-py's own parser for them (hiredis' handles pushes otherwise), and no retry or health check of
-        # its own: the feed reconnects, and its PINGs are the health check.
-        settings = {
-            **pool.connection_kwargs, "protocol": 3, "parser_class": _RESP3Parser,
-            "retry": Retry(NoBackoff(), 0), "health_check_interval": 0,
+        # its own: the feed reconnects, and its confirmations are the health check.
+        feed = {
+            "protocol": 3, "parser_class": _RESP3Parser, "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
         }  # fmt: skip
-        return RedisChanges(self.PREFIX, lambda: pool.connection_class(**settings), self._unavailable)
+        if self._cluster_options is not None:
+            startup = [(node.host, node.port) for node in self._cluster_options["startup_nodes"]]
+            options = {k: v for k, v in self._options.items() if k != "ssl"}
+            settings = {**options, "socket_timeout": self._timeout, "socket_connect_timeout": self._timeout}
+            connection_class = redis.SSLConnection if self._options["ssl"] else redis.Connection
+            connect = cluster_connections(startup, connection_class, {**settings, **feed})
+            return RedisChanges(self.PREFIX, connect, self._unavailable, cluster_masters)
+        assert isinstance(self._redis, redis.Redis)
+        pool = self._redis.connection_pool
+        settings = {**pool.connection_kwargs, **feed}
+        confirm = still_master(pool) if isinstance(pool, SentinelConnectionPool) else None
+        return RedisChanges(
+            self.PREFIX, lambda: [pool.connection_class(**settings)], self._unavailable, confirm
+        )
 
     def close(self) -> None:
         if self._redis is not None:

@@ -80,8 +80,8 @@ OPTIONS: tuple[Option, ...] = (
         Opened access records kept in memory (entries, about 1 KiB each; 0: none), so that a join of a
         recently used handle needs no store read and no unsealing. A record that any proxy revokes or replaces
         is dropped within 100 ms (Redis: client tracking; a directory: a change log polled every 20 ms), and
-        while the store cannot say what changed, nothing is answered from memory. Redis Sentinel and Cluster
-        stores cache nothing.
+        while the store cannot say what changed, nothing is answered from memory (behind Sentinel: while the
+        feed's server is not the master the sentinels name; on a Cluster: while any master is not heard).
         """),
     Option("splittoken_store_timeout_ms", int, 1000,
            "How long a store call may take before the proxy answers 503 (Redis socket timeout, "

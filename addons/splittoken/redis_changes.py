@@ -147,15 +147,18 @@ def cluster_masters(connections: Sequence[redis.Connection]) -> None:
 
 
 def masters_in(nodes: bytes | str) -> set[tuple[str, int]]:
-    """The masters a CLUSTER NODES answer lists (failed ones too: nobody may write where the feed is deaf)."""
+    """The masters a CLUSTER NODES answer lists that may take writes: every one but a failed master with no
+    slots left (its replica took them over). A failed master that still has slots counts: the feed cannot
+    hear it, so the cache stays dark until it is back or replaced."""
     text = nodes.decode() if isinstance(nodes, bytes) else nodes
     masters = set()
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) >= 3 and "master" in fields[2].split(","):
+        flags = fields[2].split(",") if len(fields) >= 8 else []
+        if "master" in flags and not ("fail" in flags and len(fields) == 8):  # slots follow the 8 fields
             address = fields[1].partition("@")[0]  # ip:port@cport[,hostname]
-            host, _, port = address.rpartition(":")
-            masters.add((host, int(port)))
+            host, _, port = address.rpartition(":")  # an IPv6 address is spelt bare, or in brackets
+            masters.add((host.strip("[]"), int(port)))
     return masters
 
 

@@ -73,6 +73,9 @@ class Feed:
     def announce(self, keys: frozenset[str] | Exception | None) -> None:
         self._news.put(keys)
 
+    def settled(self) -> bool:
+        return True  # what these tests drive is the trust window; test_redis_killed_… the socket
+
     def wait(self, seconds: float) -> tuple[float, frozenset[str] | None]:
         while not self.speaking.wait(seconds):
             pass
@@ -484,5 +487,20 @@ def test_sentinel_and_cluster_caches_stay_dark_while_nothing_answers(url: str) -
         assert vault.cache is not None
         time.sleep(0.2)  # the watcher has tried and failed by now
         assert not vault.cache.live
+    finally:
+        vault.close()
+
+
+def test_redis_killed_is_refused_by_the_cache_before_its_watcher_hears_it(redis_server: RedisServer) -> None:
+    """The closed connection is seen on the next look-up, not after the last confirmation's trust ran out."""
+    vault = Vault(RedisStore(redis_server.url, timeout=0.5), cache_size=10)
+    try:
+        cache = live_cache(vault)
+        vault.keep_now(HANDLE, record())
+        eventually(lambda: vault.find_now(HANDLE) is not None and len(cache) == 1)
+        assert cache._changes.settled()  # type: ignore[attr-defined]
+        redis_server.kill()
+        assert not cache._changes.settled()  # type: ignore[attr-defined]  # its socket reads EOF
+        assert cache.get(seal.store_key(HANDLE)) is None
     finally:
         vault.close()

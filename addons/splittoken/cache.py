@@ -68,7 +68,7 @@ class RecordCache:
 
     def get(self, key: str) -> Record | None:
         """The record cached under ``key``; None when there is none or the cache cannot be trusted now."""
-        if time.monotonic() - self._confirmed >= TRUSTED_SECONDS:
+        if time.monotonic() - self._confirmed >= TRUSTED_SECONDS or not self._changes.settled():
             self.untrusted += 1
             return None
         with self._lock:

@@ -180,5 +180,8 @@ class _DiskChanges:
         self._seen = rows[-1][0]
         return confirmed, None if missed else frozenset(key for _, key in rows)
 
+    def settled(self) -> bool:
+        return True  # a change log, read only when polled: nothing arrives in between
+
     def close(self) -> None:
         self._closed.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -95,6 +96,18 @@ class RedisChanges:
         for key in keys:
             name = key.decode() if isinstance(key, bytes) else key
             self._changed.add(name.removeprefix(self._prefix))
+
+    def settled(self) -> bool:
+        """No socket of the feed is readable: no push and no closed connection waits for the watcher (a
+        killed Redis is refused at once, not after the trust of the last confirmation runs out)."""
+        sockets = [connection._sock for connection in self._connections]
+        if not sockets or None in sockets:
+            return False
+        try:
+            readable, _, _ = select.select(sockets, [], [], 0)
+        except (OSError, ValueError):  # closed meanwhile by the watcher
+            return False
+        return not readable
 
     def _drop(self) -> None:
         connections, self._connections = self._connections, []

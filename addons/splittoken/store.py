@@ -24,6 +24,11 @@ class Changes(Protocol):
         Raises StoreUnavailable when the feed is lost: changes may have gone unreported."""
         ...
 
+    def settled(self) -> bool:
+        """From any thread, cheaply: whether nothing the feed has received waits unread (a push, a closed
+        connection). A cache answers only then: news that came in is heard before anything is served."""
+        ...
+
     def close(self) -> None:
         """Stop: a wait() in progress on another thread returns or raises soon after."""
         ...

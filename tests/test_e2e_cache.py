@@ -143,8 +143,11 @@ def test_a_revocation_reaches_the_other_proxy_within_100_ms(
     cached = issue_handle(a)
     warm(session, api, (b,), cached)
     if server:
-        reads = redis_reads(server)
-        warm(session, api, (b,), cached)
+        for _ in range(5):  # a join while a push is still unread on the feed reads Redis: cached next time
+            reads = redis_reads(server)
+            warm(session, api, (b,), cached)
+            if redis_reads(server) == reads:
+                break
         assert redis_reads(server) == reads
     else:
         with contextlib.closing(sqlite3.connect(Path(store) / "cache.db")) as db, db:

@@ -647,14 +647,7 @@ async def test_a_failure_judging_an_api_answer_refuses_it(
 ) -> None:
     """Whatever goes wrong while an API's answer is searched for the JWT, the answer does not leave: 502,
     not mitmproxy's default of passing it on."""
-    fields, client = await login(proxy)
-    flow = api_flow(f"Bearer {body_of(client)['access_token']}")
-    assert await proxy.request(flow)
-
-    def broken(*_: Any) -> None:
-        raise RuntimeError("a bug in the scan")
-
-    monkeypatch.setattr(proxy.addon.routes.api, "response", broken)
+    fields, flow = await joined_with_a_bug_in(proxy, monkeypatch, "response")
     echoed = http.Response.make(200, json.dumps({"token": fields["access_token"]}))
     answer = await proxy.respond(flow, echoed)
     assert answer.status_code == 502
@@ -665,14 +658,22 @@ async def test_a_failure_judging_an_api_answer_refuses_it(
 async def test_a_failure_on_an_api_answers_headers_closes_the_flow(
     proxy: Proxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    fields, flow = await joined_with_a_bug_in(proxy, monkeypatch, "responseheaders")
+    flow.response = http.Response.make(200, b"{}", {"x-debug": fields["access_token"]})
+    proxy.addon.responseheaders(flow)
+    assert flow.error is not None and flow.error.msg == "Connection killed."
+
+
+async def joined_with_a_bug_in(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch, hook: str
+) -> tuple[dict[str, Any], http.HTTPFlow]:
+    """A joined API flow, with the API route's ``hook`` raising from now on."""
     fields, client = await login(proxy)
     flow = api_flow(f"Bearer {body_of(client)['access_token']}")
     assert await proxy.request(flow)
 
     def broken(*_: Any) -> None:
-        raise RuntimeError("a bug in the header scan")
+        raise RuntimeError(f"a bug in {hook}")
 
-    monkeypatch.setattr(proxy.addon.routes.api, "responseheaders", broken)
-    flow.response = http.Response.make(200, b"{}", {"x-debug": fields["access_token"]})
-    proxy.addon.responseheaders(flow)
-    assert flow.error is not None and flow.error.msg == "Connection killed."
+    monkeypatch.setattr(proxy.addon.routes.api, hook, broken)
+    return fields, flow

@@ -4,11 +4,15 @@ and the errors by which redis-py says that Redis cannot be reached."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.sentinel import SentinelManagedConnection
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 # AuthenticationError, BusyLoadingError, ResponseError, ... are all RedisError; OSError catches any socket or
 # TLS failure that escapes redis-py's own wrapping. RedisClusterException (no master reachable at start-up, a
@@ -23,6 +27,57 @@ SCHEMES = (*SINGLE_SCHEMES, *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 
 # Not urllib's own message, which would quote the bad port: it may be a piece of a mis-encoded password.
 _UNREADABLE_HOST = "cannot read host and port (percent-encode / ? # in a password)"
+
+
+@dataclass
+class Clients:
+    """The clients a URL asks for, made without I/O."""
+
+    kind: str  # "" (one server), "sentinel" or "cluster"
+    options: dict[str, Any]  # the connection options: password, TLS, ...
+    redis: redis.Redis | None  # None for a cluster, whose client reads the slot map as it is made
+    sentinel: Sentinel | None = None
+    cluster: dict[str, Any] | None = None  # RedisCluster's arguments
+
+
+def make_clients(url: str, timeout: float) -> Clients:
+    """The clients for the URL's topology; ValueError or TypeError for a URL redis-py would misread."""
+    scheme = url.partition("://")[0]
+    kind = scheme.partition("+")[2] if scheme in (*SENTINEL_SCHEMES, *CLUSTER_SCHEMES) else ""
+    # One immediate retry on a refused or reset connection, e.g. a pooled socket that died with a Redis
+    # restart. Timeouts are not retried: a hung Redis costs one timeout per call, not two.
+    retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    sockets = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    # A PING before reusing a connection idle this long: one that a firewall or failover reset while
+    # idle is replaced (the retry) rather than failing the request that picks it up.
+    health = {"health_check_interval": 30}
+    if not kind:
+        if scheme not in SINGLE_SCHEMES:
+            raise ValueError(f"unknown scheme {scheme}://")
+        check_redis_url(url)
+        client = redis.Redis.from_url(url, **sockets, **health, retry=retry)
+        pool = client.connection_pool
+        # Connections are built lazily: build one now (no I/O) so that an unknown ?option fails at
+        # start-up rather than as a TypeError on every request.
+        pool.connection_class(**pool.connection_kwargs)
+        return Clients(kind, pool.connection_kwargs, client)
+    nodes, service, options = multi_host_options(url, kind)
+    check_options(options)
+    if kind == "cluster":
+        cluster = {
+            "startup_nodes": [ClusterNode(host, port) for host, port in nodes],
+            "require_full_coverage": False,  # slots of a dead master are simply not served; others are
+            "retry": retry, **sockets, **options,
+        }  # fmt: skip
+        return Clients(kind, options, None, cluster=cluster)
+    tls = {k: v for k, v in options.items() if k.startswith("ssl")}
+    once = Retry(NoBackoff(), 0)  # no retry when asking a sentinel: the next sentinel is the retry
+    sentinel = Sentinel(
+        nodes, sentinel_kwargs={**sockets, **tls, "retry": once},
+        **{**sockets, **health, **options}, retry=retry,
+    )  # fmt: skip
+    connection_class = SentinelTLSConnection if options["ssl"] else SentinelConnection
+    return Clients(kind, options, sentinel.master_for(service, connection_class=connection_class), sentinel)
 
 
 def redact_redis_url(url: str) -> str:

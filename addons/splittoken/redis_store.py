@@ -11,24 +11,13 @@ from typing import Any
 import redis
 from redis._parsers import _RESP3Parser
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import RedisCluster
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import SentinelConnectionPool
 
 from .errors import StoreUnavailable
 from .redis_changes import RedisChanges, cluster_connections, cluster_masters, still_master
-from .redis_config import (
-    CLUSTER_SCHEMES,
-    REDIS_ERRORS,
-    SENTINEL_SCHEMES,
-    SINGLE_SCHEMES,
-    SentinelConnection,
-    SentinelTLSConnection,
-    check_options,
-    check_redis_url,
-    multi_host_options,
-    redact_redis_url,
-)
+from .redis_config import REDIS_ERRORS, make_clients, redact_redis_url
 from .store import ReplicasInvalid, StoreStats, check_lease
 
 # A Sentinel master's client is a plain redis.Redis; its pool asks the sentinels where the master is.
@@ -101,59 +90,20 @@ class RedisStore:
         self._wait_ms = max(1, int(timeout * 500))
         self._auto_replicas = 0
         self._replicas_checked_until = 0.0  # time.monotonic() when the automatic count is asked again
-        self._sentinel: Sentinel | None = None
-        self._cluster_options: dict[str, Any] | None = None  # the cluster client, made on first use
-        self._redis: _Client | None = None
         self._making = threading.Lock()
-        scheme = url.partition("://")[0]
-        kind = scheme.partition("+")[2] if scheme in (*SENTINEL_SCHEMES, *CLUSTER_SCHEMES) else ""
         if min_replicas is not None and min_replicas < 0:
             raise ReplicasInvalid(f"min_replicas must be 0 or more, not {min_replicas}")
-        if kind == "cluster" and min_replicas:
-            raise ReplicasInvalid("min_replicas: Redis Cluster writes are not waited for")
-        self._min_replicas = 0 if kind == "cluster" else min_replicas
         try:
-            self._options = self._configure(url, scheme, kind)
+            clients = make_clients(url, timeout)
         except (ValueError, TypeError) as e:
             raise ValueError(f"invalid Redis URL {self._safe_url}: {e}") from None
-
-    def _configure(self, url: str, scheme: str, kind: str) -> dict[str, Any]:
-        """Set up the client for the URL's topology, without I/O; returns its connection options."""
-        # One immediate retry on a refused or reset connection, e.g. a pooled socket that died with a Redis
-        # restart. Timeouts are not retried: a hung Redis costs one timeout per call, not two.
-        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        sockets = {"socket_timeout": self._timeout, "socket_connect_timeout": self._timeout}
-        # A PING before reusing a connection idle this long: one that a firewall or failover reset while
-        # idle is replaced (the retry) rather than failing the request that picks it up.
-        health = {"health_check_interval": 30}
-        if not kind:
-            if scheme not in SINGLE_SCHEMES:
-                raise ValueError(f"unknown scheme {scheme}://")
-            check_redis_url(url)
-            self._redis = redis.Redis.from_url(url, **sockets, **health, retry=retry)
-            pool = self._redis.connection_pool
-            # Connections are built lazily: build one now (no I/O) so that an unknown ?option fails at
-            # start-up rather than as a TypeError on every request.
-            pool.connection_class(**pool.connection_kwargs)
-            return pool.connection_kwargs
-        nodes, service, options = multi_host_options(url, kind)
-        check_options(options)
-        if kind == "sentinel":
-            tls = {k: v for k, v in options.items() if k.startswith("ssl")}
-            once = Retry(NoBackoff(), 0)  # no retry when asking a sentinel: the next sentinel is the retry
-            self._sentinel = Sentinel(
-                nodes, sentinel_kwargs={**sockets, **tls, "retry": once},
-                **{**sockets, **health, **options}, retry=retry,
-            )  # fmt: skip
-            connection_class = SentinelTLSConnection if options["ssl"] else SentinelConnection
-            self._redis = self._sentinel.master_for(service, connection_class=connection_class)
-        else:
-            self._cluster_options = {
-                "startup_nodes": [ClusterNode(host, port) for host, port in nodes],
-                "require_full_coverage": False,  # slots of a dead master are simply not served; others are
-                "retry": retry, **sockets, **options,
-            }  # fmt: skip
-        return options
+        if clients.kind == "cluster" and min_replicas:
+            raise ReplicasInvalid("min_replicas: Redis Cluster writes are not waited for")
+        self._min_replicas = 0 if clients.kind == "cluster" else min_replicas
+        self._options = clients.options
+        self._sentinel = clients.sentinel
+        self._cluster_options = clients.cluster  # the cluster client is made on first use
+        self._redis: _Client | None = clients.redis
 
     def __repr__(self) -> str:
         return f"RedisStore({self._safe_url!r})"

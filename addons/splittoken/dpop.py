@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import json
 import re
 import secrets
@@ -21,6 +20,10 @@ from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from . import jws
+from .errors import NonceRequired, ProofRefused
+from .htu import normalise_htu
 
 # Registered asymmetric JWS algorithms (RFC 7518, RFC 8037, RFC 8812). A proof may use no other, whatever
 # the caller allows: "none" and HMAC prove nothing about a private key.
@@ -48,36 +51,7 @@ _THUMBPRINT_MEMBERS: dict[str, tuple[str, ...]] = {
 # pyjwt warns by default about RSA keys under 2048 bits; a proof with one is refused instead.
 _PROOF_JWS = jwt.PyJWS(algorithms=ASYMMETRIC_ALGORITHMS, options={"enforce_minimum_key_length": True})
 
-# An RFC 3986 URI reference: its characters, with "%" only as a percent-encoded triplet.
-_URI = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
-# Its parts (RFC 3986 Appendix B), for a URI with an authority. Parsed here rather than by urllib, which
-# drops what follows "]" in "[::1]x" and takes "x[::1]" for an IPv6 host.
-_URI_PARTS = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)(?P<path>[^?#]*)[?#]?.*"
-)
-# The authority of an http(s) URI: no userinfo (RFC 9110 §4.2.4); IPv4 addresses are reg-names here.
-_AUTHORITY = re.compile(
-    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+))"
-    r"(?::(?P<port>[0-9]{0,5}))?"
-)
-_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_NOT_HTTP_URI = "DPoP htu is not an absolute http(s) URI"
-
 ProofKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
-
-
-class ProofRefused(ValueError):
-    """The DPoP proof is not acceptable. The message is a fixed sentence: safe to log and to send."""
-
-    error = "invalid_dpop_proof"
-
-
-class NonceRequired(ProofRefused):
-    """The proof is sound but lacks a nonce the server currently accepts (RFC 9449 §8, §9)."""
-
-    error = "use_dpop_nonce"
 
 
 @dataclass(frozen=True)
@@ -92,10 +66,6 @@ class Proof:
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def access_token_hash(token: str) -> str:
@@ -115,55 +85,6 @@ def thumbprint(jwk: Mapping[str, Any]) -> str:
         raise ValueError("not a public JWK of a known key type") from None
     canonical = json.dumps(required, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return _b64(hashlib.sha256(canonical.encode()).digest())
-
-
-def _normalise_percent(text: str) -> str:
-    """Decode percent-encoded unreserved characters, upper-case the rest (RFC 3986 §6.2.2.1, §6.2.2.2)."""
-
-    def fix(triplet: re.Match[str]) -> str:
-        char = chr(int(triplet.group(1), 16))
-        return char if char in _UNRESERVED else triplet.group().upper()
-
-    return _PERCENT.sub(fix, text)
-
-
-def _remove_dot_segments(path: str) -> str:
-    """RFC 3986 §5.2.4 for an absolute path; an empty path becomes "/" (§6.2.3)."""
-    segments = path.split("/")[1:]
-    kept: list[str] = []
-    for segment in segments:
-        if segment == "..":
-            if kept:
-                kept.pop()
-        elif segment != ".":
-            kept.append(segment)
-    if segments and segments[-1] in {".", ".."}:
-        kept.append("")  # "/a/b/.." is "/a/": the last segment stays a directory
-    return "/" + "/".join(kept)
-
-
-def normalise_htu(url: str) -> str:
-    """An http(s) URI as RFC 9449 §4.3 compares ``htu``: RFC 3986 §6.2.2 and §6.2.3 normalised, query and
-    fragment dropped. Raises ProofRefused when ``url`` is not an absolute http(s) URI with a host."""
-    parts = _URI_PARTS.fullmatch(url) if _URI.fullmatch(url) else None
-    authority = _AUTHORITY.fullmatch(parts["authority"]) if parts else None
-    if parts is None or authority is None or parts["scheme"].lower() not in _DEFAULT_PORTS:
-        raise ProofRefused(_NOT_HTTP_URI)
-    scheme = parts["scheme"].lower()
-    port = int(authority["port"]) if authority["port"] else None
-    if port is not None and port > 65535:
-        raise ProofRefused(_NOT_HTTP_URI)
-    if authority["ipv6"]:
-        try:
-            host = f"[{ipaddress.IPv6Address(authority['ipv6']).compressed}]"
-        except ValueError:
-            raise ProofRefused(_NOT_HTTP_URI) from None
-    else:
-        # Lower-cased after decoding, so that %41 and a are one host; an encoded triplet's hex digits are
-        # lower-cased too, which keeps equal hosts equal.
-        host = _normalise_percent(authority["name"]).lower()
-    netloc = host if port in {None, _DEFAULT_PORTS[scheme]} else f"{host}:{port}"
-    return f"{scheme}://{netloc}{_remove_dot_segments(_normalise_percent(parts['path']))}"
 
 
 def verify_proof(
@@ -251,16 +172,16 @@ def _signed_claims(proof: str, algorithms: Collection[str]) -> tuple[dict[str, A
 def _check_times(claims: dict[str, Any], now: float, window: float) -> float:
     """The proof's ``iat``, once it and any ``exp`` and ``nbf`` hold ``now`` within ``window``."""
     iat = claims.get("iat")
-    if not _is_number(iat):
+    if not jws.is_json_number(iat):
         raise ProofRefused("DPoP proof iat is missing or not a number")
     # Compared, not subtracted: an int beyond float range (valid JSON) must not raise OverflowError.
     if not now - window <= iat <= now + window:
         raise ProofRefused("DPoP proof iat is outside the accepted window")
     # RFC 9449 needs neither, but a JWT that has them must not be accepted outside them (RFC 7519 §4.1.4-5).
     exp, nbf = claims.get("exp"), claims.get("nbf")
-    if "exp" in claims and not (_is_number(exp) and now - window < exp):
+    if "exp" in claims and not (jws.is_json_number(exp) and now - window < exp):
         raise ProofRefused("DPoP proof has expired")
-    if "nbf" in claims and not (_is_number(nbf) and nbf <= now + window):
+    if "nbf" in claims and not (jws.is_json_number(nbf) and nbf <= now + window):
         raise ProofRefused("DPoP proof is not valid yet")
     return iat
 

@@ -36,3 +36,15 @@ class OptionInvalid(SplitTokenError, ValueError):
     def __init__(self, option: str, problem: str) -> None:
         super().__init__(f"{option}: {problem}")
         self.option = option
+
+
+class ProofRefused(SplitTokenError, ValueError):
+    """The DPoP proof is not acceptable. The message is a fixed sentence: safe to log and to send."""
+
+    error = "invalid_dpop_proof"
+
+
+class NonceRequired(ProofRefused):
+    """The proof is sound but lacks a nonce the server currently accepts (RFC 9449 §8, §9)."""
+
+    error = "use_dpop_nonce"

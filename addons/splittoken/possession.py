@@ -26,8 +26,8 @@ from typing import Any
 from mitmproxy import http
 
 from . import dpop, policy
-from .dpop import NonceRequired, Proof, ProofRefused
-from .errors import TokenRefused
+from .dpop import Proof
+from .errors import NonceRequired, ProofRefused, TokenRefused
 from .policy import Presented, Refusal
 from .routing import in_reverse_mode
 from .seal import Record

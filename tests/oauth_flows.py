@@ -157,6 +157,5 @@ async def login(
     return fields, await proxy.exchange(token_flow(), json_response(fields, **kw))
 
 
-
 def store_down(*_: Any) -> Any:
     raise StoreUnavailable("store down (test)")

@@ -82,7 +82,6 @@ def assert_oauth_error(answer: requests.Response, status: int, error: str) -> No
     assert answer.json()["error_description"]
 
 
-
 # --- identity provider: discovery and keys -------------------------------------------------------------
 
 
@@ -95,7 +94,10 @@ def test_discovery_uses_the_host_header(idp: ManagedProcess) -> None:
     assert direct["jwks_uri"] == f"{oidc(idp)}/certs"
     assert direct["userinfo_endpoint"] == f"{oidc(idp)}/userinfo"
     assert set(direct["grant_types_supported"]) == {
-        "authorization_code", "client_credentials", "password", "refresh_token"
+        "authorization_code",
+        "client_credentials",
+        "password",
+        "refresh_token",
     }
     proxied = requests.get(url, headers={"Host": "proxy.example:8443"}, timeout=TIMEOUT).json()
     assert proxied["token_endpoint"] == "http://proxy.example:8443/realms/demo/protocol/openid-connect/token"
@@ -338,8 +340,13 @@ def test_userinfo_rejects(idp: ManagedProcess, kind: str) -> None:
 def test_stats_count_what_reached_the_idp(idp: ManagedProcess) -> None:
     reset(idp)
     assert stats(idp) == {
-        "token": {"authorization_code": 0, "client_credentials": 0, "password": 0, "refresh_token": 0,
-                  "errors": 0},
+        "token": {
+            "authorization_code": 0,
+            "client_credentials": 0,
+            "password": 0,
+            "refresh_token": 0,
+            "errors": 0,
+        },
         "revoke": 0,
         "introspect": 0,
         "revoked_tokens": [],
@@ -354,8 +361,13 @@ def test_stats_count_what_reached_the_idp(idp: ManagedProcess) -> None:
     revoke(idp, token=body["access_token"])
     userinfo(idp, body["access_token"])
     assert stats(idp) == {
-        "token": {"authorization_code": 0, "client_credentials": 2, "password": 1, "refresh_token": 2,
-                  "errors": 3},
+        "token": {
+            "authorization_code": 0,
+            "client_credentials": 2,
+            "password": 1,
+            "refresh_token": 2,
+            "errors": 3,
+        },
         "revoke": 1,
         "introspect": 0,
         "revoked_tokens": [claims(body["access_token"])["jti"]],
@@ -402,8 +414,6 @@ def test_variant_no_rotate_realm_and_refused_access_revoke(variant: ManagedProce
     assert revoke(variant, realm="other", token=body["refresh_token"]).status_code == 200
     assert_oauth_error(refresh(variant, body["refresh_token"], realm="other"), 400, "invalid_grant")
     assert '"POST /realms/other/protocol/openid-connect/token HTTP/1.1" 200' in variant.output()  # --verbose
-
-
 
 
 # --- authorization code flow with PKCE (public client demo-spa) -----------------------------------------
@@ -822,7 +832,7 @@ BROKEN = {
     "htu": "htm or htu",
     "iat long ago": "iat is too far from now",
     "iat ahead": "not yet valid [(]iat[)]",
-    "no jti": "missing the \"jti\" claim",
+    "no jti": 'missing the "jti" claim',
     "two proofs": "exactly one DPoP header",
     "garbage": "does not verify",
 }

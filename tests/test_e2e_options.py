@@ -55,7 +55,11 @@ BAD_VALUES: dict[str, list[str]] = {
     "splittoken_dpop": ["on", "Required"],
     "splittoken_dpop_window": [*INT_VALUES, "0"],
     "splittoken_dpop_nonce": ["maybe"],
-    "splittoken_public_urls": ["api.example.com@8443", "https://api.example.com/v1@8443", "https://a.example@0"],
+    "splittoken_public_urls": [
+        "api.example.com@8443",
+        "https://api.example.com/v1@8443",
+        "https://a.example@0",
+    ],
     "splittoken_metrics": ["localhost", "127.0.0.1:99999", "http://127.0.0.1:9100/metrics"],
     "splittoken_audit_log": ["/nonexistent-directory/audit.log", "/"],
 }

@@ -289,7 +289,8 @@ async def test_no_jws_but_the_id_token_reaches_the_client(
 ) -> None:
     raw, ctype, gzipped = response
     flow = _post(
-        f"{IDP}/token", b"grant_type=password&username=u&password=p&client_id=c",
+        f"{IDP}/token",
+        b"grant_type=password&username=u&password=p&client_id=c",
         "application/x-www-form-urlencoded",
     )
     assert await proxy.request(flow)  # a password grant always goes upstream

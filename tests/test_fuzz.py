@@ -31,7 +31,8 @@ from mitmproxy.test import tflow
 from hooks import HookDriver as Proxy
 from hooks import driven_addon, flow_for
 from splittoken import jws, leaks
-from splittoken.policy import TokenBody, Unparseable
+from splittoken.bodies import TokenBody
+from splittoken.errors import Unparseable
 
 _COMMON = {
     "deadline": None,

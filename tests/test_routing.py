@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from oauth_flows import IDP, REVERSE_IDP, make_jwt, token_flow
 from splittoken import leaks, options, routing
-from splittoken.policy import TokenBody
+from splittoken.bodies import TokenBody
 from splittoken.settings import parse_settings
 
 TOKEN_PATH = "/realms/demo/protocol/openid-connect/token"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from . import policy
+from . import bodies
+from .bodies import TokenBody
 from .errors import SplitTokenError
-from .policy import TokenBody
 
 # Error answers are small; a larger one is not worth reading for its code.
 _ERROR_BODY_LIMIT = 65536
@@ -25,7 +25,7 @@ def request_body(request: http.Request) -> TokenBody | None:
 def decoded(response: http.Response, limit: int) -> bytes:
     """The body without its Content-Encoding, bounded. Raises TooLarge or Unparseable."""
     encoding = response.headers.get("content-encoding", "")
-    return policy.decode_body(response.raw_content or b"", encoding, limit)
+    return bodies.decode_body(response.raw_content or b"", encoding, limit)
 
 
 def error_code(response: http.Response) -> str | None:

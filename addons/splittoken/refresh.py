@@ -21,8 +21,9 @@ from mitmproxy import http
 from . import leaks, policy
 from .answers import Answers, to_response, token_answer
 from .audit import Reason
+from .bodies import TokenBody
 from .errors import Unparseable
-from .policy import Refusal, TokenBody
+from .policy import Refusal
 from .refresh_lock import LEASE_SECONDS, RefreshLock, WaitedTooLong
 from .routing import issued_here
 from .seal import Record, store_key

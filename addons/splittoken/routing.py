@@ -15,7 +15,7 @@ from mitmproxy import http
 from mitmproxy.flowfilter import TFilter
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from .policy import TokenBody
+from .bodies import TokenBody
 from .settings import Settings
 from .state import Route
 

@@ -19,10 +19,10 @@ from mitmproxy import http
 from . import jws, leaks, policy
 from .answers import Answers, annotate
 from .audit import handle_id
+from .bodies import TokenBody
 from .errors import TokenRefused, TooLarge, Unparseable
 from .events import Events
 from .messages import decoded, error_code, request_body
-from .policy import TokenBody
 from .possession import Possession
 from .refresh import Refreshes, pass_on, refresh_expiry, swapped_out
 from .routing import endpoint

@@ -19,7 +19,9 @@ from mitmproxy.addonmanager import Loader
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from . import jws, policy
+from . import jws
+from .bodies import TokenBody
+from .errors import Unparseable
 from .state import FlowState, redact
 
 # Registered claims holding NumericDate values (RFC 7519 §4.1, OIDC Core §2).
@@ -144,8 +146,8 @@ def _story(record: FlowState, data: bytes, metadata: contentviews.Metadata) -> C
     if record.event == "split":
         received = CommentedMap()
         try:
-            fields = policy.TokenBody.parse(metadata.content_type or "", data).fields
-        except policy.Unparseable:
+            fields = TokenBody.parse(metadata.content_type or "", data).fields
+        except Unparseable:
             fields = {}
         for name, what in (("access_token", "the JWT's signature"), ("refresh_token", "a random handle")):
             if isinstance(handle := fields.get(name), str):
@@ -183,8 +185,8 @@ def _body_tokens(data: bytes, metadata: contentviews.Metadata) -> Iterator[tuple
     if not tokens:
         return
     try:
-        fields = policy.TokenBody.parse(metadata.content_type or "", data).fields
-    except policy.Unparseable:
+        fields = TokenBody.parse(metadata.content_type or "", data).fields
+    except Unparseable:
         fields = {}
     names = {value: name for name, value in fields.items() if isinstance(value, str)}
     for token, header, claims in _readable(tokens):

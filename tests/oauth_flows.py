@@ -157,5 +157,15 @@ async def login(
     return fields, await proxy.exchange(token_flow(), json_response(fields, **kw))
 
 
+async def joined(proxy: Proxy) -> tuple[str, str, http.HTTPFlow]:
+    """The JWT, its handle, and a flow whose handle was re-joined, on its way to the API."""
+    fields, client = await login(proxy)
+    handle = body_of(client)["access_token"]
+    flow = api_flow(f"Bearer {handle}")
+    assert await proxy.request(flow)
+    assert flow.request.headers["authorization"] == f"Bearer {fields['access_token']}"
+    return fields["access_token"], handle, flow
+
+
 def store_down(*_: Any) -> Any:
     raise StoreUnavailable("store down (test)")

@@ -19,7 +19,7 @@ from mitmproxy import command, ctx, exceptions, http
 
 from . import options, policy, routing
 from .answers import Answers, to_response
-from .api_route import Discovered
+from .discovery import Discovered
 from .errors import OptionInvalid, StoreUnavailable
 from .events import COUNTS, Events
 from .refresh import Flights

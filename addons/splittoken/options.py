@@ -26,7 +26,7 @@ DEFAULT_INTROSPECT_FILTER = '~m POST & ~u "^[^?]*/(introspect|introspection)($|[
 # oidc-provider /jwks) and the pages a browser opens without credentials (authorization endpoints: Keycloak
 # …/openid-connect/auth and /logout, Okta …/v1/authorize, Entra /{tenant}/oauth2[/v2.0]/authorize, Google
 # /o/oauth2/v2/auth, Auth0 /authorize, oidc-provider /auth). Matched on the path as the server reads it;
-# a discovery document passing through adds the endpoints it names (api_route.Discovered).
+# a discovery document passing through adds the endpoints it names (discovery.Discovered).
 _PUBLIC_PATHS = "|".join((
     "(/[^?]*)?/[.]well-known/(openid-configuration|oauth-authorization-server|jwks[.]json)",
     "/[.]well-known/(openid-configuration|oauth-authorization-server|oauth-protected-resource)(/[^?]*)?",

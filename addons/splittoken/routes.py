@@ -14,7 +14,8 @@ from mitmproxy import http
 
 from . import policy, routing
 from .answers import Answers, to_response
-from .api_route import ApiRoute, Discovered
+from .api_route import ApiRoute
+from .discovery import Discovered
 from .events import Events
 from .introspect_route import IntrospectRoute
 from .messages import request_body

@@ -11,7 +11,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from splittoken.audit import AuditTrail, Event, Reason
+from splittoken.audit import Event, Reason
+from splittoken.audit_trail import AuditTrail
 from splittoken.metrics import Metrics, parse_listen_address
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

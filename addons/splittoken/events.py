@@ -22,7 +22,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from .audit import AuditTrail, Event, Reason, handle_id
+from .audit import Event, Reason, handle_id
+from .audit_trail import AuditTrail
 from .errors import OptionInvalid
 from .metrics import Metrics
 from .state import FlowState

@@ -68,7 +68,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
 from demo_http import DemoServer, QuietHandler, read_body, serve
-from idp_core import Config, Idp, JSONDict, OAuthError, parse_form
+from idp_core import Idp, parse_form
+from idp_model import Config, JSONDict, OAuthError
 
 # RFC 6749 §5.1: token answers must not be cached; errors neither, to be safe. A redirect carries a code.
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}

@@ -1,6 +1,6 @@
-"""What the demo identity provider knows and decides: clients, users, sessions, grants, signing, DPoP
-binding, revocation and introspection. No HTTP here: scripts/demo_idp.py turns requests into these calls
-and what they return (or raise) into answers.
+"""What the demo identity provider decides: logins, grants, DPoP binding, revocation and introspection, from
+what it knows (idp_model.py) and with its keys (idp_crypto.py). No HTTP here: scripts/demo_idp.py turns
+requests into these calls and what they return (or raise) into answers.
 
 It behaves as Keycloak does where the proxy can tell (paths, claims, error codes), so that splittoken's
 defaults work against it and against a real Keycloak alike.
@@ -9,9 +9,7 @@ defaults work against it and against a real Keycloak alike.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
-import json
 import re
 import secrets
 import threading
@@ -19,143 +17,33 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
 
-from demo_http import MAX_BODY, loopback_origin
+from demo_http import MAX_BODY
+from idp_crypto import DPOP_ALGORITHMS, Keys, dpop_thumbprint, invalid_dpop, pkce_challenge
+from idp_model import (
+    CLIENTS,
+    DEFAULT_SCOPES,
+    DEMO_USER,
+    GRANTS,
+    SUBJECT_OF,
+    USERS,
+    Client,
+    CodeGrant,
+    Config,
+    JSONDict,
+    OAuthError,
+    Session,
+    TokenRequest,
+    grant_scope,
+    user_claims,
+)
 
-JSONDict = dict[str, Any]
-GRANTS = ("authorization_code", "client_credentials", "password", "refresh_token")
-DEFAULT_SCOPES = ["profile", "email"]
 CODE_TTL = 60  # seconds an authorization code may wait for its exchange (Keycloak: 60)
 # RFC 7636 §4.1: 43 to 128 unreserved characters.
 CODE_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
-# RFC 9449 §4.3: asymmetric algorithms only; never "none", never a MAC.
-DPOP_ALGORITHMS = ("ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "RS384", "RS512", "EdDSA")
-DPOP_IAT_WINDOW = 60  # seconds a proof's iat may be off from now, either way
-# RFC 7638 §3.2: the members a thumbprint hashes, by key type.
-THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
-PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "k"})
-
-
-class OAuthError(Exception):
-    """An RFC 6749 §5.2 error answer."""
-
-    def __init__(self, status: int, error: str, description: str, headers: dict[str, str] | None = None):
-        super().__init__(description)
-        self.status, self.error, self.description = status, error, description
-        self.headers = headers or {}
-
-    def body(self) -> JSONDict:
-        return {"error": self.error, "error_description": self.description}
-
-
-# --- clients, users, sessions ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Client:
-    client_id: str
-    secret: str | None  # None: a public client (a browser app), which has no secret to keep; PKCE instead
-    grants: frozenset[str]
-    # Keycloak's "http://127.0.0.1:*/*" and "http://localhost:*/*", with web origins "+" (the redirect
-    # URIs' origins): any loopback port, as RFC 8252 §7.3 asks for apps on the user's machine.
-    loopback_redirects: bool = False
-
-    @property
-    def public(self) -> bool:
-        return self.secret is None
-
-    def allows_redirect(self, uri: str) -> bool:
-        # RFC 6749 §3.1.2: a redirection URI has no fragment.
-        return self.loopback_redirects and loopback_origin(uri) is not None and "#" not in uri
-
-
-CLIENTS = {
-    "demo-client": Client(
-        "demo-client", "demo-secret", frozenset({"client_credentials", "password", "refresh_token"})
-    ),
-    "demo-spa": Client(
-        "demo-spa", None, frozenset({"authorization_code", "refresh_token"}), loopback_redirects=True
-    ),
-}
-USERS: dict[str, dict[str, Any]] = {
-    "alice": {
-        "password": "alice-pw",
-        "email": "alice@example.com",
-        "roles": ["admin", "user"],
-        "tenant": "acme",
-    },
-    "bob": {"password": "bob-pw", "email": "bob@example.com", "roles": ["user"], "tenant": "globex"},
-}
-# Keycloak subjects are UUIDs; derive stable ones so a user's sub survives a restart.
-SUBJECTS = {str(uuid.uuid5(uuid.NAMESPACE_URL, f"demo-idp:{name}")): name for name in USERS}
-SUBJECT_OF = {name: sub for sub, name in SUBJECTS.items()}
-DEMO_USER = "alice"  # whom the authorization endpoint signs in when the request names nobody
-
-
-@dataclass(frozen=True)
-class Session:
-    """Who a set of tokens is for; a refresh carries it over to the new tokens."""
-
-    client_id: str
-    sub: str
-    scope: str
-    sid: str
-    jkt: str | None = None  # the DPoP key a public client's refresh tokens are bound to (RFC 9449 §5)
-
-
-@dataclass(frozen=True)
-class CodeGrant:
-    """What an authorization code stands for until it is exchanged, once."""
-
-    session: Session
-    redirect_uri: str
-    code_challenge: str
-    nonce: str | None
-    expires: float
-
-
-@dataclass(frozen=True)
-class TokenRequest:
-    form: dict[str, str]
-    client: Client
-    issuer: str
-    jkt: str | None  # the thumbprint of the DPoP proof's key, when the answer is to be bound to it
-
-
-@dataclass(frozen=True)
-class Config:
-    realm: str = "demo"
-    access_ttl: int = 300
-    refresh_ttl: int = 1800
-    refresh_delay: float = 0.0  # seconds a refresh grant sleeps, so that tests can overlap two
-    rotate: bool = True  # refresh tokens are single-use
-    refuse_access_revoke: bool = False  # 400 unsupported_token_type for access tokens, as oidc-provider
-    dpop_bind: bool = False  # bind access tokens to a valid DPoP proof's key (RFC 9449)
-
-
-def user_claims(sub: str) -> JSONDict:
-    name = SUBJECTS.get(sub)
-    if name is None:  # a service account
-        return {"preferred_username": sub}
-    user = USERS[name]
-    return {
-        "email": user["email"],
-        "email_verified": True,
-        "preferred_username": name,
-        "realm_access": {"roles": list(user["roles"])},
-        "tenant": user["tenant"],
-    }
-
-
-def grant_scope(requested: str) -> str:
-    # Keycloak adds the client's default scopes to whatever was asked for.
-    return " ".join(dict.fromkeys(requested.split() + DEFAULT_SCOPES))
 
 
 # --- request parameters ---------------------------------------------------------------------------------
@@ -187,110 +75,6 @@ def with_query(uri: str, params: dict[str, str]) -> str:
     parts = urlsplit(uri)
     query = "&".join(filter(None, [parts.query, urlencode(params)]))
     return parts._replace(query=query).geturl()
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def pkce_challenge(verifier: str) -> str:
-    """RFC 7636 §4.2 S256: the code_challenge a code_verifier answers."""
-    return b64url(hashlib.sha256(verifier.encode()).digest())
-
-
-def jwk_thumbprint(jwk: JSONDict) -> str:
-    """RFC 7638 thumbprint of a public JWK. KeyError for a key type it does not know or a member missing."""
-    members = {name: jwk[name] for name in THUMBPRINT_MEMBERS[jwk["kty"]]}
-    if not all(isinstance(value, str) for value in members.values()):
-        raise KeyError("thumbprint members are strings")
-    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True)
-    return b64url(hashlib.sha256(canonical.encode()).digest())
-
-
-# --- DPoP -----------------------------------------------------------------------------------------------
-
-
-def invalid_dpop(description: str) -> OAuthError:
-    return OAuthError(400, "invalid_dpop_proof", description)
-
-
-def dpop_thumbprint(proofs: Sequence[str], method: str, path: str, now: float) -> str:
-    """The RFC 7638 thumbprint of the key one DPoP proof (RFC 9449 §4.3) is signed with; OAuthError
-    invalid_dpop_proof when it does not verify.
-
-    Only the checks that make a proof a proof (typ, an asymmetric algorithm, a public jwk, the signature,
-    htm, iat): this is the identity provider's minimal check, the proxy's is the thorough one. htu is judged
-    by its path: behind a reverse proxy the identity provider cannot know which host the client addressed.
-    No jti replay cache either."""
-    if len(proofs) != 1:
-        raise invalid_dpop("exactly one DPoP header")
-    try:
-        header = jwt.get_unverified_header(proofs[0])
-        jwk = header.get("jwk")
-        if header.get("typ") != "dpop+jwt":
-            raise invalid_dpop("typ must be dpop+jwt")
-        if header.get("alg") not in DPOP_ALGORITHMS:
-            raise invalid_dpop(f"alg must be one of {', '.join(DPOP_ALGORITHMS)}")
-        if not isinstance(jwk, dict) or PRIVATE_MEMBERS & jwk.keys():
-            raise invalid_dpop("jwk must be a public key")
-        key = jwt.PyJWK(jwk, header["alg"])
-        claims = jwt.decode(
-            proofs[0], key, algorithms=[header["alg"]], leeway=DPOP_IAT_WINDOW,
-            options={"require": ["iat", "jti", "htm", "htu"], "verify_aud": False},
-        )  # fmt: skip
-        thumbprint = jwk_thumbprint(jwk)
-    except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
-        raise invalid_dpop(f"DPoP proof does not verify: {exc}") from None
-    if claims["htm"] != method or not isinstance(claims["htu"], str) or urlsplit(claims["htu"]).path != path:
-        raise invalid_dpop("htm or htu does not match the request")
-    if not isinstance(claims["iat"], int | float) or abs(now - claims["iat"]) > DPOP_IAT_WINDOW:
-        raise invalid_dpop("iat is too far from now")
-    return thumbprint
-
-
-# --- signing --------------------------------------------------------------------------------------------
-
-
-class Keys:
-    """The RS256 key that signs access and ID tokens, and the secret of the HS256 refresh tokens (both
-    Keycloak's defaults)."""
-
-    def __init__(self) -> None:
-        self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.jwk: JSONDict = dict(RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True))
-        self.kid = jwk_thumbprint(self.jwk)  # a stable kid for the key, as many identity providers use
-        self.jwk.pop("key_ops", None)  # RFC 7517 §4.3: not together with "use", which Keycloak sends
-        self.jwk.update(kid=self.kid, use="sig", alg="RS256")
-        self.refresh_secret = secrets.token_bytes(32)
-
-    def sign(self, claims: JSONDict) -> str:
-        return jwt.encode(claims, self.private, algorithm="RS256", headers={"kid": self.kid, "typ": "JWT"})
-
-    def sign_refresh(self, claims: JSONDict) -> str:
-        return jwt.encode(claims, self.refresh_secret, algorithm="HS256")
-
-    def access_claims(self, token: str, verify_exp: bool = True) -> JSONDict | None:
-        """The claims of an access token this key signed, or None."""
-        try:
-            claims = jwt.decode(
-                token,
-                self.private.public_key(),
-                algorithms=["RS256"],
-                audience="account",
-                options={"verify_exp": verify_exp, "require": ["exp", "jti", "sub"]},
-            )
-        except jwt.InvalidTokenError:
-            return None
-        return claims if claims.get("typ") == "Bearer" else None  # an id_token is not an access token
-
-    def refresh_claims(self, token: str, verify_exp: bool = True) -> JSONDict:
-        """The claims of a refresh token this secret signed; jwt.InvalidTokenError otherwise."""
-        # aud is the issuer URL, which depends on the Host the client used: not worth checking here.
-        options = {"verify_exp": verify_exp, "verify_aud": False, "require": ["exp", "jti", "sub"]}
-        claims = jwt.decode(token, self.refresh_secret, algorithms=["HS256"], options=options)
-        if claims.get("typ") != "Refresh":
-            raise jwt.InvalidTokenError("not a refresh token")
-        return claims
 
 
 # --- the identity provider ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect
 
-import idp_core
+import idp_crypto
 from procs import ManagedProcess, start_process
 from stack import ROOT, Proxy, start_api, start_idp, start_proxy
 from test_browser import chromium
@@ -202,7 +202,7 @@ def test_dpop_bind_with_the_librarys_dpop_proofs(browser: Browser, page_url: str
         try:
             user = page.evaluate("spa.summary()")
             assert user["tokenType"] == "DPoP" and user["accessIsJwt"], user["tokenType"]
-            jkt = idp_core.jwk_thumbprint(page.evaluate("spa.proofKey()"))
+            jkt = idp_crypto.jwk_thumbprint(page.evaluate("spa.proofKey()"))
             assert user["accessCnf"] == {"jkt": jkt}
             refreshed = page.evaluate("spa.refresh()")
             assert refreshed["accessChanged"] and refreshed["refreshChanged"]

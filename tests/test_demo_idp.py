@@ -1,5 +1,5 @@
-"""The demo identity provider (scripts/demo_idp.py, the HTTP side, over scripts/idp_core.py, the logic):
-the pure parts of the core directly, everything else as a real process driven over HTTP."""
+"""The demo identity provider (scripts/demo_idp.py, the HTTP side, over idp_core.py, idp_model.py and
+idp_crypto.py): the pure parts directly, everything else as a real process driven over HTTP."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
-import idp_core
+import idp_crypto
+import idp_model
 from procs import ManagedProcess
 from stack import start_idp
 
@@ -714,7 +715,7 @@ def test_dpop_bound_access_token(dpop_idp: ManagedProcess, dpop_key: ec.Elliptic
     answer = token_with_proof(dpop_idp, proof, grant_type="password", username="alice", password="alice-pw")
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    jkt = idp_core.jwk_thumbprint(public_jwk(dpop_key))
+    jkt = idp_crypto.jwk_thumbprint(public_jwk(dpop_key))
     assert body["token_type"] == "DPoP" and claims(body["access_token"])["cnf"] == {"jkt": jkt}
     assert "cnf" not in claims(body["refresh_token"])  # a confidential client's refresh token is not bound
     seen = introspect(dpop_idp, token=body["access_token"]).json()
@@ -745,7 +746,7 @@ def test_dpop_public_client_refresh_needs_the_same_key(dpop_idp: ManagedProcess,
         return dpop_proof(key, f"{oidc(dpop_idp)}/token")
 
     body = spa_token(dpop_idp, code_exchange(code_of(dpop_idp)), proof()).json()
-    jkt = idp_core.jwk_thumbprint(public_jwk(dpop_key))
+    jkt = idp_crypto.jwk_thumbprint(public_jwk(dpop_key))
     assert body["token_type"] == "DPoP" and claims(body["refresh_token"])["cnf"] == {"jkt": jkt}
     form = spa_refresh(body["refresh_token"])
     another_key = ec.generate_private_key(ec.SECP256R1())
@@ -761,7 +762,7 @@ def test_dpop_public_client_refresh_needs_the_same_key(dpop_idp: ManagedProcess,
 
 
 def test_pkce_challenge_is_rfc_7636s() -> None:
-    assert idp_core.pkce_challenge(VERIFIER) == CHALLENGE
+    assert idp_crypto.pkce_challenge(VERIFIER) == CHALLENGE
 
 
 def test_jwk_thumbprint_is_rfc_7638s() -> None:
@@ -776,32 +777,32 @@ def test_jwk_thumbprint_is_rfc_7638s() -> None:
         "alg": "RS256",
         "kid": "2011-04-29",
     }
-    assert idp_core.jwk_thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    assert idp_crypto.jwk_thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
     for broken in ({**jwk, "kty": "oct"}, {k: v for k, v in jwk.items() if k != "e"}, {**jwk, "n": 1}):
         with pytest.raises(KeyError):
-            idp_core.jwk_thumbprint(broken)
+            idp_crypto.jwk_thumbprint(broken)
 
 
 HTU = "http://proxy.example:8080/realms/demo/protocol/openid-connect/token"
 
 
 def check(*proofs: str) -> str:
-    return idp_core.dpop_thumbprint(proofs, "POST", f"{OIDC}/token", time.time())
+    return idp_crypto.dpop_thumbprint(proofs, "POST", f"{OIDC}/token", time.time())
 
 
 def test_dpop_proof_checks_pass_a_good_proof(dpop_key: ec.EllipticCurvePrivateKey) -> None:
-    jkt = idp_core.jwk_thumbprint(public_jwk(dpop_key))
+    jkt = idp_crypto.jwk_thumbprint(public_jwk(dpop_key))
     assert check(dpop_proof(dpop_key, HTU)) == jkt
     # htu by its path: the host the client addressed is the proxy's, which the IdP cannot know.
     assert check(dpop_proof(dpop_key, f"https://other.example{OIDC}/token")) == jkt
     edwards = ed25519.Ed25519PrivateKey.generate()
     jwk = dict(OKPAlgorithm.to_jwk(edwards.public_key(), as_dict=True))
-    assert check(dpop_proof(edwards, HTU, header={"jwk": jwk}, alg="EdDSA")) == idp_core.jwk_thumbprint(jwk)
+    assert check(dpop_proof(edwards, HTU, header={"jwk": jwk}, alg="EdDSA")) == idp_crypto.jwk_thumbprint(jwk)
 
 
 def broken_proofs(key: ec.EllipticCurvePrivateKey) -> dict[str, tuple[str, ...]]:
     secret = b"0123456789abcdef0123456789abcdef"
-    symmetric = {"kty": "oct", "k": idp_core.b64url(secret)}
+    symmetric = {"kty": "oct", "k": idp_crypto.b64url(secret)}
     other = ec.generate_private_key(ec.SECP256R1())
     now = int(time.time())
     good = dpop_proof(key, HTU)
@@ -840,7 +841,7 @@ BROKEN = {
 
 @pytest.mark.parametrize(("kind", "reason"), BROKEN.items(), ids=BROKEN.keys())
 def test_dpop_proof_checks_refuse(dpop_key: ec.EllipticCurvePrivateKey, kind: str, reason: str) -> None:
-    with pytest.raises(idp_core.OAuthError, match=reason) as refused:
+    with pytest.raises(idp_model.OAuthError, match=reason) as refused:
         check(*broken_proofs(dpop_key)[kind])
     assert (refused.value.status, refused.value.error) == (400, "invalid_dpop_proof")
 
@@ -860,5 +861,5 @@ def test_dpop_proof_checks_refuse(dpop_key: ec.EllipticCurvePrivateKey, kind: st
     ],
 )
 def test_spa_redirect_uris(uri: str, allowed: bool) -> None:
-    assert idp_core.CLIENTS[SPA].allows_redirect(uri) is allowed
-    assert idp_core.CLIENTS["demo-client"].allows_redirect(uri) is False
+    assert idp_model.CLIENTS[SPA].allows_redirect(uri) is allowed
+    assert idp_model.CLIENTS["demo-client"].allows_redirect(uri) is False

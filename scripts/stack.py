@@ -55,6 +55,16 @@ class Proxy:
         return self.process.output()
 
 
+def _mitmweb_args(web_port: int) -> list[str]:
+    args = ["--set", "web_open_browser=false", "--set", "web_host=127.0.0.1", "--set", f"web_port={web_port}"]
+    # The addon's notes are flow comments, which mitmweb lists only in its optional Comment column.
+    for column in ("tls", "icon", "path", "method", "status", "size", "time", "comment"):
+        args += ["--set", f"web_columns={column}"]  # a repeated --set builds the list
+    # mitmweb's command bar saves every command to <confdir>/command_history: keep handles given to
+    # `splittoken.revoke` out of it.
+    return [*args, "--set", "command_history=false"]
+
+
 def start_proxy(
     idp_upstream: str,
     api_upstream: str,
@@ -88,14 +98,7 @@ def start_proxy(
     for name, value in (options or {}).items():
         args += ["--set", f"{name}={value}"]
     if tool == "mitmweb":
-        args += ["--set", "web_open_browser=false", "--set", "web_host=127.0.0.1"]
-        args += ["--set", f"web_port={web_port}"]
-        # The addon's notes are flow comments, which mitmweb lists only in its optional Comment column.
-        for column in ("tls", "icon", "path", "method", "status", "size", "time", "comment"):
-            args += ["--set", f"web_columns={column}"]  # a repeated --set builds the list
-        # mitmweb's command bar saves every command to <confdir>/command_history: keep handles given to
-        # `splittoken.revoke` out of it.
-        args += ["--set", "command_history=false"]
+        args += _mitmweb_args(web_port)
     args += list(extra_args)
     process = start_process(args, re.compile(rf"listening at .*:{idp_port}\b"), timeout=30, echo=echo)
     try:
@@ -144,7 +147,13 @@ def demo_stack(
         api = started.enter_context(start_api(echo="[api] " if echo else None))
         assert idp.url and api.url
         proxy = start_proxy(
-            idp.url, api.url, store=store, options=options, tool=tool, ports=ports, echo="" if echo else None,
+            idp.url,
+            api.url,
+            store=store,
+            options=options,
+            tool=tool,
+            ports=ports,
+            echo="" if echo else None,
             extra_args=extra_args,
         )
         started.callback(proxy.stop)

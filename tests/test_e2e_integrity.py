@@ -632,6 +632,33 @@ def test_revocation_during_a_refresh_wins(proxy: Listeners, gateway: CannedServe
     assert_chain_dead(gateway, minted_before)
 
 
+def test_revocation_through_another_proxy_during_a_refresh_wins(
+    proxy: Listeners, idp: ManagedProcess, api: ManagedProcess, gateway: CannedServer
+) -> None:
+    """Property 4 across proxies on one store: a revocation sent to a second proxy while the first has the
+    handle's refresh upstream waits for that refresh (its lease), then revokes the refresh token the refresh
+    brought. Without the wait the second proxy revokes the used one, and the new one stays alive upstream."""
+    upstreams = {"idp": url(idp), "api": url(api), "gateway": gateway.url}
+    with listeners(upstreams, proxy.store) as second:
+        minted_before = set(gateway.issued_refresh)
+        refresh = canned_login(proxy["gateway"])["refresh_token"]
+        since = len(gateway.received)
+
+        def refresh_arrived() -> bool:
+            return any(r.form().get("grant_type") == "refresh_token" for r in gateway.received[since:])
+
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(canned_refresh, proxy["gateway"], refresh, delay="1.5")
+            wait_until(refresh_arrived, "the refresh reached the authorization server")
+            assert revoke(second["gateway"], refresh, data=CANNED_CLIENT).status_code == 200
+            answer = slow.result()
+        if answer.status_code == 200 and "refresh_token" in answer.json():
+            for through in (proxy, second):
+                again = canned_refresh(through["gateway"], answer.json()["refresh_token"])
+                assert again.status_code == 400, "the refresh handle came back alive after its revocation"
+        assert_chain_dead(gateway, minted_before)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Property 5: what the proxy swapped in never comes back
 

@@ -70,9 +70,7 @@ class Refreshes:
         handle = policy.read_handle(body.fields["refresh_token"])
         if handle is None:
             return answers.refuse(flow, st, policy.invalid_grant("unknown refresh token"))
-        st.client = policy.client_authentication(flow.request.headers.get("authorization", ""), body.fields)
-        # The DPoP key is part of who the client is (RFC 9449 §5): no other key shares its flight or replay.
-        st.client += f"#{st.jkt}" if st.jkt else ""
+        st.client = refreshing_client(flow, body, st.jkt)
         while (running := self._flights.get(handle)) and running.client == st.client:
             # The same client is refreshing this very handle already: wait for that answer, not race it.
             if await self._share(flow, st, running):
@@ -227,6 +225,20 @@ class Refreshes:
             return await self.end(running.successor, successor)
         return real, True
 
+    async def after_other_proxies(
+        self, flow: http.HTTPFlow, handle: str, record: Record, client: str
+    ) -> Record:
+        """``handle``'s record once no other proxy on the store has a refresh of its chain's current handle
+        for ``client`` upstream: a revocation waits for such a refresh (it holds the lease), so that the
+        refresh token its answer brings is the one revoked, as ``end`` does for a refresh in flight here."""
+        current, last = (await self._chain(handle, record))[-1]
+        if last.kind != "refresh" or current in self._flights:
+            return record
+        with contextlib.suppress(WaitedTooLong):
+            await self.lock.take(flow.id, current, client)
+            self.lock.release(flow.id)
+        return await self.vault.find(handle) or record
+
     async def _chain(self, handle: str, record: Record) -> list[tuple[str, Record]]:
         """The rotation chain from ``handle`` on, to its current refresh handle (kind "refresh", last), or to
         where it breaks off: a successor revoked or expired, or further than CHAIN_LIMIT."""
@@ -244,6 +256,13 @@ class Refreshes:
         """Whether a rotated handle's chain still ends in a live refresh handle: its replay hands one out."""
         chain = await self._chain(handle, rotated)
         return chain[-1][1].kind == "refresh"
+
+
+def refreshing_client(flow: http.HTTPFlow, body: TokenBody, jkt: str | None) -> str:
+    """Who a client refreshing a handle (or revoking it) is: its client authentication, and the DPoP key,
+    which is part of who the client is (RFC 9449 §5): no other key shares its flight, lease or replay."""
+    client = policy.client_authentication(flow.request.headers.get("authorization", ""), body.fields)
+    return client + (f"#{jkt}" if jkt else "")
 
 
 def _successor(rotated: Record) -> str | None:

@@ -18,7 +18,7 @@ from .audit import handle_id
 from .errors import SplitTokenError
 from .events import Events
 from .messages import decoded, error_code, request_body
-from .refresh import Refreshes, pass_on
+from .refresh import Refreshes, pass_on, refreshing_client
 from .routing import may_revoke_here
 from .state import FlowState, redact
 from .vault import Vault
@@ -51,6 +51,8 @@ class RevokeRoute:
             real: str | None = record.real_token(handle)
             forgotten = False
         else:
+            client = refreshing_client(flow, body, record.jkt)
+            record = await self.refreshes.after_other_proxies(flow, handle, record, client)
             real, forgotten = await self.refreshes.end(handle, record, now=False)
         st.handle, st.revoked_kind, st.handle_id = redact(handle), record.kind, handle_id(handle)
         st.revocation_pending = not forgotten

@@ -20,13 +20,13 @@ from mitmproxy import command, ctx, exceptions, http
 from . import options, policy, routing
 from .answers import Answers, to_response
 from .discovery import Discovered
-from .errors import OptionInvalid, StoreUnavailable
+from .errors import OptionInvalid, ReplicasInvalid, StoreInvalid, StoreUnavailable
 from .events import COUNTS, Events
 from .refresh import Flights
 from .routes import Routes, jwks_client
 from .settings import Settings, parse_settings
 from .state import META, FlowState, redact
-from .store import ReplicasInvalid, open_store
+from .store import open_store
 from .vault import Vault, describe
 
 logger = logging.getLogger("splittoken")
@@ -92,7 +92,7 @@ class SplitToken:
             )
         except ReplicasInvalid as e:
             raise OptionInvalid("splittoken_min_replicas", str(e)) from None
-        except (StoreUnavailable, ValueError) as e:
+        except (StoreInvalid, StoreUnavailable) as e:
             raise OptionInvalid("splittoken_store", str(e)) from None
         if self.vault:
             self.vault.close()

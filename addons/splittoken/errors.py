@@ -30,6 +30,14 @@ class StoreUnavailable(SplitTokenError):
     """The store cannot be read or written right now: the proxy answers 503."""
 
 
+class StoreInvalid(SplitTokenError, ValueError):
+    """A store the proxy cannot use as given: an unknown URL scheme, a Redis URL redis-py would misread."""
+
+
+class ReplicasInvalid(StoreInvalid):
+    """A ``min_replicas`` the store cannot honour: the option's fault, not the URL's."""
+
+
 class OptionInvalid(SplitTokenError, ValueError):
     """An option value the proxy refuses to run with; ``option`` names it."""
 

@@ -15,10 +15,10 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
-from .errors import StoreUnavailable
+from .errors import ReplicasInvalid, StoreInvalid, StoreUnavailable
 from .redis_changes import RedisChanges, cluster_connections, cluster_masters, still_master
 from .redis_config import REDIS_ERRORS, make_clients, redact_redis_url
-from .store import ReplicasInvalid, StoreStats, check_lease
+from .store import StoreStats, check_lease
 
 # A Sentinel master's client is a plain redis.Redis; its pool asks the sentinels where the master is.
 type _Client = redis.Redis | RedisCluster
@@ -96,7 +96,7 @@ class RedisStore:
         try:
             clients = make_clients(url, timeout)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"invalid Redis URL {self._safe_url}: {e}") from None
+            raise StoreInvalid(f"invalid Redis URL {self._safe_url}: {e}") from None
         if clients.kind == "cluster" and min_replicas:
             raise ReplicasInvalid("min_replicas: Redis Cluster writes are not waited for")
         self._min_replicas = 0 if clients.kind == "cluster" else min_replicas

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from .errors import ReplicasInvalid, StoreInvalid
+
 
 class Changes(Protocol):
     """A store's account of which records changed, for a cache of opened records (cache.RecordCache): every
@@ -80,10 +82,6 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-class ReplicasInvalid(ValueError):
-    """A ``min_replicas`` the store cannot honour: the option's fault, not the URL's."""
-
-
 def check_lease(owner: str, ttl_seconds: float) -> None:
     if not owner:
         raise ValueError("a lease needs an owner")
@@ -106,8 +104,10 @@ def open_store(spec: str, *, timeout: float = 1.0, min_replicas: int | None = No
     if sep and scheme in SCHEMES:
         return RedisStore(spec, timeout=timeout, min_replicas=min_replicas)
     if sep and _URL_SCHEME.fullmatch(scheme):
-        raise ValueError(f"unknown store URL scheme {scheme}://: a directory, redis://, rediss://, unix://, "
-                         "redis[s]+sentinel:// or redis[s]+cluster://")  # fmt: skip
+        raise StoreInvalid(
+            f"unknown store URL scheme {scheme}://: a directory, redis://, rediss://, unix://, "
+            "redis[s]+sentinel:// or redis[s]+cluster://"
+        )
     if min_replicas is not None:
         raise ReplicasInvalid("min_replicas applies to a Redis store only")
     return DiskStore(spec, timeout=timeout)

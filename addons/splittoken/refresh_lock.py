@@ -23,7 +23,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from .errors import StoreUnavailable
+from .errors import SplitTokenError, StoreUnavailable
 from .seal import Record, store_key
 from .vault import Vault
 
@@ -35,7 +35,7 @@ LEASE_SECONDS = 10.0
 POLL_SECONDS = 0.05
 
 
-class WaitedTooLong(Exception):
+class WaitedTooLong(SplitTokenError):
     """Another proxy's refresh of the handle was still under way when the wait ran out."""
 
 

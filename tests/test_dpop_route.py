@@ -29,6 +29,7 @@ from oauth_flows import (
     body_of,
     json_response,
     make_jwt,
+    revoke_flow,
     token_fields,
 )
 from redis_server import RedisServer
@@ -195,6 +196,16 @@ async def test_a_token_the_server_bound_without_a_proof_here_stays_bound(proxy: 
     assert stored(proxy, body["access_token"]).jkt == JKT
 
 
+async def test_off_binds_nothing_not_even_a_token_the_server_bound(proxy: Proxy) -> None:
+    """off: DPoP is not looked at, cnf.jkt included; an API that gets the JWT enforces its binding."""
+    proxy.configure(splittoken_dpop="off")
+    other = dpop.thumbprint(dpop.public_jwk(THIEF_KEY))
+    fields = token_fields(access_token=make_jwt(cnf={"jkt": other}))
+    _, body = await bound_login(proxy, fields)
+    assert body["token_type"] == "Bearer"
+    assert stored(proxy, body["access_token"]).jkt == ""
+
+
 @pytest.mark.parametrize("cnf", [{"jkt": 42}, {"jkt": ""}, {"jkt": None}])
 def test_a_malformed_cnf_jkt_is_refused(cnf: dict[str, Any]) -> None:
     with pytest.raises(TokenRefused):
@@ -255,6 +266,17 @@ async def test_a_bearer_handle_presented_as_dpop_is_refused(proxy: Proxy) -> Non
     assert_dpop_refused(flow, "invalid_token")
 
 
+async def test_a_proof_beside_a_bearer_handle_does_not_reach_the_api(proxy: Proxy) -> None:
+    """The API takes the proxy's word for possession: a proof the proxy never checked must not reach it."""
+    body = body_of(await proxy.exchange(token_request(), json_response(token_fields())))
+    handle = body["access_token"]
+    proof = dpop.make_proof(KEY, "GET", API_URL, access_token=handle)
+    flow = api_call(("Authorization", f"Bearer {handle}"), ("DPoP", proof))
+    assert await proxy.request(flow)
+    assert flow.request.headers["Authorization"].startswith("Bearer ey")
+    assert "DPoP" not in flow.request.headers
+
+
 async def test_an_unknown_handle_presented_as_dpop_is_refused(proxy: Proxy) -> None:
     flow = proven_call("bm90LWEtaGFuZGxl")
     assert not await proxy.request(flow)
@@ -277,6 +299,20 @@ async def test_a_proof_for_something_else_is_refused(proxy: Proxy, wrong: dict[s
     flow = proven_call(body["access_token"], **wrong)
     assert not await proxy.request(flow)
     assert_dpop_refused(flow, "invalid_dpop_proof")
+
+
+async def test_a_proof_names_the_method_of_the_call_it_is_for(proxy: Proxy) -> None:
+    """htm is the API call's own method: a proof made for a GET does not let the handle DELETE."""
+    _, body = await bound_login(proxy)
+    handle = body["access_token"]
+    for_get = dpop.make_proof(KEY, "GET", API_URL, access_token=handle)
+    delete = api_call(("Authorization", f"DPoP {handle}"), ("DPoP", for_get), method="DELETE")
+    assert not await proxy.request(delete)
+    assert_dpop_refused(delete, "invalid_dpop_proof")
+    for_delete = dpop.make_proof(KEY, "DELETE", API_URL, access_token=handle)
+    assert await proxy.request(
+        api_call(("Authorization", f"DPoP {handle}"), ("DPoP", for_delete), method="DELETE")
+    )
 
 
 async def test_htu_ignores_query_and_default_port_spelling(proxy: Proxy) -> None:
@@ -540,6 +576,21 @@ async def test_a_nonce_is_good_for_its_window_and_the_next_only(proxy: Proxy, mo
     assert nonce_of(stale.response, 400) != nonce
 
 
+async def test_a_proxy_remembers_two_nonces_at_most(proxy: Proxy, monkeypatch: Any) -> None:
+    """Memory stays bounded: the nonces of windows gone by are dropped, whatever the uptime."""
+    proxy.configure(splittoken_dpop_nonce=True, splittoken_dpop_window=30)
+    assert proxy.addon.vault
+    vault = proxy.addon.vault
+    start = vault.clock()
+    for window in range(5):
+        now = start + 30 * window
+        monkeypatch.setattr(vault, "clock", lambda now=now: now)
+        flow = token_request(proof=dpop.make_proof(KEY, "POST", TOKEN_URL, iat=now))
+        assert not await proxy.request(flow)
+        nonce_of(flow.response, 400)
+    assert len(proxy.addon.routes.token.possession._nonces) <= 2
+
+
 # ---------------------------------------------------------------------------------------------------------
 # What mitmweb shows
 
@@ -604,3 +655,40 @@ async def test_a_proof_not_exactly_right_is_never_joined(proxy: Proxy, data: st.
     assert not await proxy.request(flow)
     assert flow.response is not None and flow.response.status_code in (400, 401)
     assert not flow.request.headers.get("authorization", "").startswith("Bearer ey")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Introspection by APIs outside the proxy
+
+
+def introspected(answer: dict[str, Any]) -> http.Response:
+    return json_response({"sub": "alice", "token_type": "Bearer", **answer})
+
+
+@pytest.mark.parametrize("field", ["access_token", "refresh_token"])
+async def test_introspecting_a_bound_handle_names_its_key(proxy: Proxy, field: str) -> None:
+    """RFC 9449 §6.2: the answer says the token is DPoP-bound, and to which key, which the server never
+    learnt when the proxy bound the handle. Without it an API outside the proxy, asking the server, would take
+    a stolen bound handle for a bearer token."""
+    _, client = await bound_login(proxy)
+    flow = revoke_flow(client[field], url=f"{IDP}/token/introspect")
+    assert await proxy.request(flow)
+    answer = await proxy.respond(flow, introspected({"active": True, "cnf": {"x5t#S256": "c2VydmVy"}}))
+    assert json.loads(answer.content or b"") == {
+        "active": True, "sub": "alice", "token_type": "DPoP", "cnf": {"x5t#S256": "c2VydmVy", "jkt": JKT},
+    }  # fmt: skip
+
+
+async def test_introspection_answers_of_inactive_or_bearer_handles_stay_as_the_server_wrote_them(
+    proxy: Proxy,
+) -> None:
+    _, bound = await bound_login(proxy)
+    inactive = revoke_flow(bound["access_token"], url=f"{IDP}/token/introspect")
+    assert await proxy.request(inactive)
+    answer = await proxy.respond(inactive, introspected({"active": False}))
+    assert json.loads(answer.content or b"") == {"active": False, "sub": "alice", "token_type": "Bearer"}
+    bearer = body_of(await proxy.exchange(token_request(), json_response(token_fields())))
+    flow = revoke_flow(bearer["access_token"], url=f"{IDP}/token/introspect")
+    assert await proxy.request(flow)
+    answer = await proxy.respond(flow, introspected({"active": True}))
+    assert json.loads(answer.content or b"") == {"active": True, "sub": "alice", "token_type": "Bearer"}

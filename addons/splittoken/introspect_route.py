@@ -3,7 +3,9 @@
 The handle in ``token`` is swapped for the real token on its way to the authorization server (only beside
 the token endpoint that issued it, as revocation), and the answer comes back with what the server says, but
 never with a JWS or the real token in it. A token that is no handle of ours passes unchanged: the server
-judges it, and says "inactive" for a handle it never saw (a revoked one included).
+judges it, and says "inactive" for a handle it never saw (a revoked one included). An active answer about a
+DPoP-bound handle names the key it is bound to (RFC 9449 §6.2), which the server cannot know when the proxy
+bound it: an API outside the proxy must not take the handle for a bearer token.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from mitmproxy import http
 from . import leaks, policy
 from .answers import Answers, annotate
 from .audit import handle_id
-from .errors import SplitTokenError
+from .bodies import TokenBody
+from .errors import SplitTokenError, Unparseable
 from .events import Events
 from .messages import decoded, request_body
 from .refresh import pass_on
@@ -51,6 +54,7 @@ class IntrospectRoute:
             answer = http.Response.make(200, b'{"active": false}', {"Content-Type": "application/json"})
             note = f"introspected rotated handle {redact(handle)}"
             return self.answers.answer(flow, st, answer, note, refused=False)
+        st.jkt = record.jkt
         st.swapped_in = body.fields["token"] = record.real_token(handle)
         st.swapped_for = handle
         if "token_type_hint" in body.fields:
@@ -71,3 +75,19 @@ class IntrospectRoute:
             return self.answers.refuse(flow, st, policy.bad_gateway("an introspection answer holding a JWS"))
         # The real refresh token the server may quote goes back as its handle, or the answer is refused.
         pass_on(self.answers, flow, st, raw)
+        if st.jkt and not st.answered:
+            _show_binding(flow.response, st.jkt)
+
+
+def _show_binding(response: http.Response, jkt: str) -> None:
+    """An active answer says that the token is DPoP-bound to the key ``jkt`` (RFC 9449 §6.2)."""
+    try:
+        answer = TokenBody.parse(response.headers.get("content-type", ""), response.content or b"")
+    except Unparseable:
+        return
+    if response.status_code != 200 or answer.form or answer.fields.get("active") is not True:
+        return
+    cnf = answer.fields.get("cnf")
+    answer.fields["cnf"] = {**(cnf if isinstance(cnf, dict) else {}), "jkt": jkt}
+    answer.fields["token_type"] = "DPoP"
+    response.content = answer.render()

@@ -67,6 +67,23 @@ async def test_bad_options_raise(proxy: Proxy, options: dict[str, Any]) -> None:
         proxy.configure(**options)
 
 
+async def test_a_bad_option_at_start_up_exits_once_running(tmp_path: Any) -> None:
+    """Issue 10, property 7: a bad value at start-up is logged (no OptionsError: mitmproxy would print a
+    traceback), and the proxy exits with 1 once it runs, even when mitmproxy loaded the script too late to
+    exit for the logged error itself."""
+    addon = SplitToken()
+    with taddons.context(addon) as tctx:
+        # One update, the first the addon sees: as mitmdump's command line sets its options.
+        tctx.options.update(
+            confdir=str(tmp_path), splittoken_store=str(tmp_path / "store"), splittoken_max_ttl=-1
+        )
+        assert addon.misconfigured and "splittoken_max_ttl" in addon.misconfigured
+        with pytest.raises(SystemExit) as exited:
+            addon.running()
+        assert exited.value.code == 1
+        addon.done()
+
+
 def test_token_filter_ignores_token_in_the_query(proxy: Proxy) -> None:
     settings = proxy.addon.settings
     assert settings

@@ -457,3 +457,51 @@ async def test_handles_are_bound_to_the_token_endpoint_name_not_its_address(prox
     await proxy.respond(elsewhere, json_response(token_fields(refresh_token=fields["refresh_token"])))
     impostor = via("198.51.100.9", "evil.example", refresh_flow(handle))
     await assert_refused(proxy, impostor, 400, "invalid_grant")
+
+
+async def test_a_known_authorization_servers_answers_are_judged_as_token_answers(proxy: Proxy) -> None:
+    """Issue 10, property 1, the second line behind the filters: once the token endpoint has answered with
+    tokens, a 2xx answer from beside it, on a path no filter foresaw, is judged as a token answer: the client
+    gets handles, never the JWT or the refresh token."""
+    _, client = await login(proxy)
+    handle = body_of(client)["access_token"]
+    beside = "http://idp.example/realms/demo/protocol/openid-connect/token-v2"
+    flow = api_flow(f"Bearer {handle}", url=beside, mode=REVERSE_IDP)
+    assert await proxy.request(flow)  # joined: an API call to the authorization server
+    fields = token_fields()
+    del fields["id_token"]
+    answer = await proxy.respond(flow, json_response(fields))
+    assert answer.status_code == 200, answer.text
+    body = body_of(answer)
+    assert body["access_token"] == sig(fields["access_token"])
+    assert is_handle(body["refresh_token"])
+    assert_no_jwt(answer.content or b"", fields["access_token"])
+    assert fields["refresh_token"].encode() not in (answer.content or b"")
+
+
+async def test_a_known_authorization_servers_pages_holding_a_jwt_are_refused(proxy: Proxy) -> None:
+    """... and an answer there that is no token answer but holds a JWS (an HTML page) is refused."""
+    _, client = await login(proxy)
+    handle = body_of(client)["access_token"]
+    beside = "http://idp.example/realms/demo/protocol/openid-connect/login-status"
+    flow = api_flow(f"Bearer {handle}", url=beside, mode=REVERSE_IDP)
+    assert await proxy.request(flow)
+    leaked = make_jwt(sub="bob")
+    page = http.Response.make(200, f"<p>{leaked}</p>".encode(), {"Content-Type": "text/html"})
+    answer = await proxy.respond(flow, page)
+    assert_error(answer, 502, "server_error")
+    assert_no_jwt(answer.content or b"", leaked)
+
+
+async def test_a_known_authorization_servers_streamed_answers_are_cut_off(proxy: Proxy) -> None:
+    """... and one mitmproxy would stream there is cut off, as a token endpoint's is: streamed, it would
+    reach the client before it is judged."""
+    _, client = await login(proxy)
+    handle = body_of(client)["access_token"]
+    beside = "http://idp.example/realms/demo/protocol/openid-connect/token-v2"
+    flow = api_flow(f"Bearer {handle}", url=beside, mode=REVERSE_IDP)
+    assert await proxy.request(flow)
+    flow.response = json_response(token_fields())
+    flow.response.stream = True
+    proxy.addon.responseheaders(flow)
+    assert flow.error is not None and not flow.live

@@ -1,7 +1,9 @@
 """Answers the proxy gives itself, and the notes it leaves on flows for mitmweb.
 
-A refusal (policy.Refusal) becomes an HTTP response here; every hook's work runs under ``guard`` so that no
-failure lets a token through: a store outage answers 503, anything unexpected answers the route's error.
+A refusal (policy.Refusal) becomes an HTTP response here, and an authorization server's answer to a
+request the proxy put a real token into reaches the client without that token (``pass_on``). Every hook's
+work runs under ``guard`` so that no failure lets a token through: a store outage answers 503, anything
+unexpected answers the route's error.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from mitmproxy import http
 
-from . import policy
+from . import leaks, policy
 from .audit import Reason, handle_id
 from .cors import Cors
 from .errors import StoreUnavailable
@@ -48,6 +50,28 @@ class Answers:
         self.answer(flow, st, to_response(refusal), f"refused: {refusal.description}")
         self.events.refuse(flow, st, refusal.reason)
         logger.info("refused %s %s: %s", flow.request.method, logged_path(flow), refusal.description)
+
+    def swapped_out(self, flow: http.HTTPFlow, st: FlowState, body: bytes) -> bytes | None:
+        """``body``, the client's answer to a request the proxy put a real token into (a refresh, a
+        revocation, an introspection), with that token replaced by its handle. None, the answer refused,
+        when the token is still there in a form a client could read (escaped, percent-encoded, in a
+        header)."""
+        if not st.swapped_in:
+            return body
+        assert flow.response
+        headers = [value for _, value in flow.response.headers.items(multi=True)]
+        clean = leaks.scrubbed(body, headers, st.swapped_in, st.swapped_for)
+        if clean is None:
+            self.refuse(flow, st, policy.bad_gateway("an answer quoting the token the proxy sent"))
+        return clean
+
+    def pass_on(self, flow: http.HTTPFlow, st: FlowState, raw: bytes) -> None:
+        """The authorization server's answer, ``raw`` its decoded body, goes to the client as the server
+        wrote it, but without the real token the proxy put into the request (``swapped_out``)."""
+        assert flow.response
+        clean = self.swapped_out(flow, st, raw)
+        if clean is not None and clean != raw:
+            flow.response.content = clean
 
     async def guard(
         self, flow: http.HTTPFlow, st: FlowState, work: Awaitable[None], on_error: Refusal

@@ -21,7 +21,6 @@ from .bodies import TokenBody
 from .errors import SplitTokenError, Unparseable
 from .events import Events
 from .messages import decoded, request_body
-from .refresh import pass_on
 from .routing import may_revoke_here
 from .state import FlowState, redact
 from .vault import Vault
@@ -74,7 +73,7 @@ class IntrospectRoute:
         if leaks.holds_jws(raw) or any(leaks.text_holds_jws(value) for value in headers):
             return self.answers.refuse(flow, st, policy.bad_gateway("an introspection answer holding a JWS"))
         # The real refresh token the server may quote goes back as its handle, or the answer is refused.
-        pass_on(self.answers, flow, st, raw)
+        self.answers.pass_on(flow, st, raw)
         if st.jkt and not st.answered:
             _show_binding(flow.response, st.jkt)
 

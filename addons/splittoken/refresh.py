@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from mitmproxy import http
 
-from . import leaks, policy
+from . import policy
 from .answers import Answers, to_response, token_answer
 from .audit import Reason
 from .bodies import TokenBody
@@ -272,29 +272,6 @@ def _successor(rotated: Record) -> str | None:
     except Unparseable:
         return None
     return policy.read_handle(fields.get("refresh_token"))
-
-
-def swapped_out(answers: Answers, flow: http.HTTPFlow, st: FlowState, body: bytes) -> bytes | None:
-    """``body``, the client's answer to a request the proxy put a real token into (a refresh, a revocation),
-    with that token replaced by its handle. None, the answer refused, when the token is still there in a
-    form a client could read (escaped, percent-encoded, in a header)."""
-    if not st.swapped_in:
-        return body
-    assert flow.response
-    headers = [value for _, value in flow.response.headers.items(multi=True)]
-    clean = leaks.scrubbed(body, headers, st.swapped_in, st.swapped_for)
-    if clean is None:
-        answers.refuse(flow, st, policy.bad_gateway("an answer quoting the token the proxy sent"))
-    return clean
-
-
-def pass_on(answers: Answers, flow: http.HTTPFlow, st: FlowState, raw: bytes) -> None:
-    """The authorization server's answer, ``raw`` its decoded body, goes to the client as the server wrote
-    it, but without the real token the proxy put into the request (``swapped_out``)."""
-    assert flow.response
-    clean = swapped_out(answers, flow, st, raw)
-    if clean is not None and clean != raw:
-        flow.response.content = clean
 
 
 def refresh_expiry(body: TokenBody, now: float, max_ttl: int) -> float:

@@ -18,7 +18,7 @@ from .audit import handle_id
 from .errors import SplitTokenError
 from .events import Events
 from .messages import decoded, error_code, request_body
-from .refresh import Refreshes, pass_on, refreshing_client
+from .refresh import Refreshes, refreshing_client
 from .routing import may_revoke_here
 from .state import FlowState, redact
 from .vault import Vault
@@ -80,7 +80,7 @@ class RevokeRoute:
                 raw = decoded(flow.response, _ANSWER_LIMIT)
             except SplitTokenError:
                 return self.answers.refuse(flow, st, policy.bad_gateway("unreadable revocation answer"))
-            pass_on(self.answers, flow, st, raw)
+            self.answers.pass_on(flow, st, raw)
             if st.answered:
                 return
         if (

@@ -24,7 +24,7 @@ from .errors import TokenRefused, TooLarge, Unparseable
 from .events import Events
 from .messages import decoded, error_code, request_body
 from .possession import Possession
-from .refresh import Refreshes, pass_on, refresh_expiry, swapped_out
+from .refresh import Refreshes, refresh_expiry
 from .routing import endpoint
 from .seal import Record, store_key
 from .settings import Settings
@@ -90,7 +90,7 @@ class TokenRoute:
             if (strict and raw.strip()) or leaks.holds_jws(raw):
                 # A client may read more into it than the proxy could (a body cut short, an HTML page).
                 return self.answers.refuse(flow, st, policy.bad_gateway(f"unparseable token response ({e})"))
-            return pass_on(self.answers, flow, st, raw)
+            return self.answers.pass_on(flow, st, raw)
         try:
             issue = await self._issue(flow, st, body)
         except TokenRefused as e:
@@ -98,14 +98,14 @@ class TokenRoute:
         if issue.rewritten:
             await self._hand_out(flow, st, body, issue)
         else:
-            pass_on(self.answers, flow, st, raw)
+            self.answers.pass_on(flow, st, raw)
 
     async def _error_response(self, flow: http.HTTPFlow, st: FlowState, raw: bytes) -> None:
         """The provider's errors pass unchanged, unless they carry a token out."""
         assert flow.response
         if leaks.holds_jws(raw):
             return self.answers.refuse(flow, st, policy.bad_gateway("an error response holding a JWS"))
-        pass_on(self.answers, flow, st, raw)
+        self.answers.pass_on(flow, st, raw)
         if st.answered:
             return
         if (
@@ -177,7 +177,7 @@ class TokenRoute:
     async def _hand_out(self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, issue: Issue) -> None:
         """Store the records, then give the client its handles; a store failure raises before it gets any."""
         assert flow.response
-        if (client_body := swapped_out(self.answers, flow, st, body.render())) is None:
+        if (client_body := self.answers.swapped_out(flow, st, body.render())) is None:
             return
         if st.refresh_handle:
             # A revocation that won meanwhile revokes the answer's refresh token instead of the one it found.

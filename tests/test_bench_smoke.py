@@ -39,6 +39,8 @@ TARGETED = {
     "join_median_large", "join_p99_large",
     "lookup_ratio", "rss_ratio",
 }  # fmt: skip
+# What the addon adds in mitmdump's chain (scripts/bench_report.chain_figures): addon minus plain, per round.
+DIFFERENCES = {"chain_cost", "chain_share"}
 # Ten mitmdumps under wrk (on a diskcache directory, a Redis, a Redis Sentinel and a Redis Cluster), two that
 # revoke for the propagation, three more for the RSS, and two profiles: about 50 s on two busy cores.
 SMOKE_SECONDS = 90
@@ -59,7 +61,9 @@ def test_quick_run_reports_every_figure_with_a_number(tmp_path: Path) -> None:
     assert not REQUIRED - figures.keys(), f"missing: {sorted(REQUIRED - figures.keys())}"
     for figure in figures.values():
         value = figure["value"]
-        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, figure
+        assert isinstance(value, int | float) and math.isfinite(value), figure
+        # A difference of two noisy medians (tiny in a quick run) may come out below zero; nothing else may.
+        assert value > 0 or figure["id"] in DIFFERENCES, figure
     for name in TARGETED:
         assert figures[name]["target"] and isinstance(figures[name]["met"], bool), figures[name]
     for key in ("cpu", "cores", "memory_gib", "python", "mitmproxy", "date"):

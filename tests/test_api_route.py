@@ -490,3 +490,67 @@ async def test_discovery_key_sets_and_authorization_pages_pass_without_a_handle(
     flow.request.path = path
     assert await proxy.request(flow)
     assert flow.request.path == path  # judged on the normalised path, sent as the client wrote it
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokens out of the front channel: the implicit grant and hybrid flows
+
+AUTHORIZE = "http://idp.example/realms/demo/protocol/openid-connect/auth?client_id=spa&state=s"
+CALLBACK = "https://app.example/cb"
+
+
+async def authorization_answer(proxy: Proxy, answer: http.Response) -> http.Response:
+    """An authorization request through a proxy that has seen no token endpoint yet (a public page)."""
+    flow = flow_for("GET", AUTHORIZE, mode=REVERSE_IDP)
+    assert await proxy.request(flow)
+    return await proxy.respond(flow, answer)
+
+
+def redirect(location: str) -> http.Response:
+    return http.Response.make(302, b"", {"Location": location})
+
+
+def form_post(**fields: str) -> http.Response:
+    inputs = "".join(f'<input type="hidden" name="{k}" value="{v}"/>' for k, v in fields.items())
+    page = f'<form method="post" action="{CALLBACK}">{inputs}</form>'
+    return http.Response.make(200, page.encode(), {"Content-Type": "text/html"})
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda jwt: redirect(f"{CALLBACK}#access_token={jwt}&token_type=Bearer&state=s"),  # implicit
+        lambda jwt: redirect(f"{CALLBACK}?code=c&access_token={jwt}&state=s"),  # response_mode=query
+        lambda jwt: redirect(f"{CALLBACK}#access_token={jwt.replace('.', '%2E')}"),  # dots encoded
+        lambda jwt: redirect(f"{CALLBACK}#code=c&id_token={make_jwt()}&access_token={jwt}"),  # hybrid
+        lambda jwt: redirect(f"{CALLBACK}#response={jwt}"),  # JARM: claims a client can read
+        lambda jwt: form_post(access_token=jwt, state="s"),  # response_mode=form_post
+        lambda jwt: http.Response.make(200, f"<script>post({{access_token:'{jwt}'}})</script>".encode()),
+    ],
+    ids=["fragment", "query", "encoded dots", "hybrid", "JARM", "form_post", "web_message"],
+)
+async def test_an_authorization_response_carrying_a_token_is_refused(proxy: Proxy, answer: Any) -> None:
+    """The implicit grant hands the access token to the browser from the authorization endpoint, a page the
+    public filter lets through: only token endpoint answers are split, so such an answer is refused, in
+    every response mode, even before the proxy has seen the token endpoint. Without the check the JWT
+    reaches the client."""
+    token = make_jwt(sub="bob", email="bob@example.com")
+    response = await authorization_answer(proxy, answer(token))
+    assert_error(response, 502, "server_error")
+    assert token not in (response.headers.get("location", "") + (response.get_text() or ""))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda: redirect(f"{CALLBACK}?code=c&state=s"),  # the code flow
+        lambda: redirect(f"{CALLBACK}#code=c&id_token={make_jwt()}&state=s"),  # OIDC hybrid, code id_token
+        lambda: form_post(code="c", id_token=make_jwt(), state="s"),  # form_post of an id_token
+        lambda: http.Response.make(200, b"<html>sign in to see your access_token settings</html>"),
+    ],
+    ids=["code", "id_token in the fragment", "id_token form_post", "login page"],
+)
+async def test_authorization_responses_without_a_token_pass(proxy: Proxy, answer: Any) -> None:
+    response = await authorization_answer(proxy, answer())
+    assert response.status_code in (200, 302)
+    assert not response.headers.get("content-type", "").startswith("application/json")

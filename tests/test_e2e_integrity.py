@@ -983,6 +983,29 @@ def test_discovery_and_key_sets_stay_public(proxy: Listeners, path: str) -> None
     assert response.status_code == 200, response.text
 
 
+def test_an_implicit_grant_never_hands_the_browser_a_jwt(
+    idp: ManagedProcess, api: ManagedProcess, gateway: CannedServer, tmp_path: Path
+) -> None:
+    """Property 1 (the class): an authorization endpoint answering the implicit grant puts the access token in
+    its redirect. A proxy that has seen no token endpoint yet lets the page through (the public filter), and
+    must still not let the JWT out with it: refused (502), in a redirect or a form_post page."""
+    leaked = sign({"sub": "victim", "email": "victim@example.com", "exp": int(time.time()) + 300})
+    answers: list[Answer] = [
+        (302, {"Location": f"https://app.example/cb#access_token={leaked}&token_type=Bearer"}, b""),
+        (200, {"Content-Type": "text/html"}, f'<input name="access_token" value="{leaked}">'.encode()),
+    ]
+    upstreams = {"idp": url(idp), "api": url(api), "gateway": gateway.url}
+    with listeners(upstreams, tmp_path / "store") as cold:
+        for answer in answers:
+            gateway.script.append(lambda request, answer=answer: answer)
+            reply = requests.get(
+                cold["gateway"] + "/authorize?client_id=spa&response_type=token", allow_redirects=False,
+                timeout=30,
+            )  # fmt: skip
+            assert reply.status_code == 502, reply.text
+            assert leaked not in reply.text and leaked not in reply.headers.get("location", "")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Property 9: small things a new user hits
 

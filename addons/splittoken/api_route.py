@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import brotli
 from mitmproxy import http
 
-from . import jws, policy
+from . import jws, leaks, policy
 from .answers import Answers, annotate
 from .audit import Reason, handle_id
 from .discovery import Discovered
@@ -68,6 +68,7 @@ class ApiRoute:
         if "authorization" not in flow.request.headers and (is_cors_preflight(flow) or self._public(flow)):
             # Nothing to join, and nothing a client must be stopped from sending: browsers never send
             # credentials on a preflight, and discovery documents and key sets are public by design.
+            st.public = not is_cors_preflight(flow)
             return None
         if refusal := self._precheck(flow):
             return self.answers.refuse(flow, st, refusal)
@@ -133,6 +134,9 @@ class ApiRoute:
         assert response
         echo = self._echo(st)
         if echo is None:
+            if st.public and self._hands_out_a_token(response):
+                refusal = policy.bad_gateway("an authorization response carrying a token (implicit grant)")
+                return self.answers.refuse(flow, st, refusal)
             if st.event is None:
                 self.discovered.learn(flow)
             return
@@ -157,6 +161,17 @@ class ApiRoute:
             return self.answers.refuse(flow, st, refusal)
         if redacted is not body:
             response.content = redacted
+
+    def _hands_out_a_token(self, response: http.Response) -> bool:
+        """Whether an authorization server's page hands out a token that only the token endpoint may (and
+        whose answers the proxy splits): the implicit grant and hybrid flows, in any response mode."""
+        body = b""
+        if 200 <= response.status_code < 300 and not response.stream:
+            try:
+                body = response.get_content() or b""
+            except ValueError:  # an encoding mitmproxy cannot undo: nor can a browser, as a page
+                body = b""
+        return leaks.hands_out_token(response.headers.get_all("location"), body)
 
     def _echo(self, st: FlowState) -> Echo | None:
         """What to look for in the answer to a joined request; made once, for its headers and its body."""

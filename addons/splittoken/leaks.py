@@ -46,6 +46,31 @@ def holds_jws(raw: bytes) -> bool:
     return any(True for text in readings(raw) for _ in jws.find_jws(text))
 
 
+def hands_out_token(locations: Iterable[str], body: bytes) -> bool:
+    """Whether an authorization endpoint's answer carries a token out of the front channel (the implicit
+    grant, hybrid flows): a JWS in a redirect's query or fragment other than an ``id_token`` parameter's
+    (the client's to read), or a page (form_post, web_message) naming an access or refresh token beside a
+    JWS."""
+    if any(text_holds_jws(_without_id_tokens(location)) for location in locations):
+        return True
+    return holds_jws(body) and any(name in text for text in readings(body) for name in _TOKEN_NAMES)
+
+
+_TOKEN_NAMES = ("access_token", "refresh_token")
+
+
+def _without_id_tokens(location: str) -> str:
+    """The redirect with its ``id_token`` parameters left out, in the query and in the fragment."""
+    rest, hash_, fragment = location.partition("#")
+    base, question, query = rest.partition("?")
+
+    def kept(params: str) -> str:
+        pairs = urllib.parse.parse_qsl(params, keep_blank_values=True)
+        return urllib.parse.urlencode([(k, v) for k, v in pairs if k != "id_token"])
+
+    return f"{base}{question}{kept(query)}{hash_}{kept(fragment)}"
+
+
 def strings_in(value: Any) -> Iterator[str]:
     """Every string (keys included) in a parsed JSON value; iterative, so depth cannot exhaust the stack."""
     stack = [value]

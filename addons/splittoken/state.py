@@ -37,6 +37,7 @@ class FlowState:
     route: Route
     fallback: Route | None = None  # what a token or revocation candidate is when its body says otherwise
     authorization_server: bool = False  # goes to where a token endpoint answered: answers are judged as such
+    public: bool = False  # let through without credentials by the public filter: the authorization server's
     event: Event | None = None
     handle: str = ""  # redacted
     handle_id: str = ""  # audit.handle_id of the handle: what the audit trail calls it

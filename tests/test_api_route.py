@@ -499,8 +499,11 @@ AUTHORIZE = "http://idp.example/realms/demo/protocol/openid-connect/auth?client_
 CALLBACK = "https://app.example/cb"
 
 
-async def authorization_answer(proxy: Proxy, answer: http.Response) -> http.Response:
-    """An authorization request through a proxy that has seen no token endpoint yet (a public page)."""
+async def authorization_answer(proxy: Proxy, answer: http.Response, warm: bool) -> http.Response:
+    """An authorization request, a public page, through a proxy that has seen the token endpoint beside it
+    (``warm``: its answers are judged as the authorization server's) or none yet."""
+    if warm:
+        await login(proxy)
     flow = flow_for("GET", AUTHORIZE, mode=REVERSE_IDP)
     assert await proxy.request(flow)
     return await proxy.respond(flow, answer)
@@ -529,13 +532,16 @@ def form_post(**fields: str) -> http.Response:
     ],
     ids=["fragment", "query", "encoded dots", "hybrid", "JARM", "form_post", "web_message"],
 )
-async def test_an_authorization_response_carrying_a_token_is_refused(proxy: Proxy, answer: Any) -> None:
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_an_authorization_response_carrying_a_token_is_refused(
+    proxy: Proxy, answer: Any, warm: bool
+) -> None:
     """The implicit grant hands the access token to the browser from the authorization endpoint, a page the
     public filter lets through: only token endpoint answers are split, so such an answer is refused, in
     every response mode, even before the proxy has seen the token endpoint. Without the check the JWT
     reaches the client."""
     token = make_jwt(sub="bob", email="bob@example.com")
-    response = await authorization_answer(proxy, answer(token))
+    response = await authorization_answer(proxy, answer(token), warm)
     assert_error(response, 502, "server_error")
     assert token not in (response.headers.get("location", "") + (response.get_text() or ""))
 
@@ -550,7 +556,8 @@ async def test_an_authorization_response_carrying_a_token_is_refused(proxy: Prox
     ],
     ids=["code", "id_token in the fragment", "id_token form_post", "login page"],
 )
-async def test_authorization_responses_without_a_token_pass(proxy: Proxy, answer: Any) -> None:
-    response = await authorization_answer(proxy, answer())
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_authorization_responses_without_a_token_pass(proxy: Proxy, answer: Any, warm: bool) -> None:
+    response = await authorization_answer(proxy, answer(), warm)
     assert response.status_code in (200, 302)
     assert not response.headers.get("content-type", "").startswith("application/json")

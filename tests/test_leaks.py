@@ -112,3 +112,37 @@ def test_scrubbed_refuses_the_token_in_another_form(quote: Callable[[str], str])
 @pytest.mark.parametrize("header", [f"token={REAL}", f"t={percent_encoded(REAL)}", json_escaped(REAL)])
 def test_scrubbed_refuses_the_token_in_a_header(header: str) -> None:
     assert leaks.scrubbed(b'{"error": "invalid_grant"}', ["text/plain", header], REAL, HANDLE) is None
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Authorization responses: an id_token is the client's, any other JWS is not
+
+
+@pytest.mark.parametrize(
+    ("location", "holds"),
+    [
+        (f"https://app/cb#code=c&id_token={JWT}&state=s", False),
+        (f"https://app/cb?id_token={JWT}&id_token={JWT}", False),
+        (f"https://app/cb#access_token={JWT}", True),
+        (f"https://app/cb#id_token={JWT}&access_token={JWT}", True),
+        (f"https://app/cb?x=1#id_tokens={JWT}", True),
+        (f"https://app/cb#id_token%3D{JWT}", True),  # not an id_token parameter to a client
+        (f"https://app/{JWT}?id_token=x", True),
+    ],
+)
+def test_redirect_holds_jws_spares_only_id_token_parameters(location: str, holds: bool) -> None:
+    assert leaks.redirect_holds_jws(location) is holds
+
+
+@pytest.mark.parametrize(
+    ("page", "holds"),
+    [
+        (f'<input type="hidden" name="id_token" value="{JWT}"/>', False),
+        (f"<INPUT value='{JWT}' NAME=id_token>", False),
+        (f'<input name="id_token" value="x"><input name="access_token" value="{JWT}">', True),
+        (f'<input name="id_tokenX" value="{JWT}">', True),
+        (f"<p>{JWT}</p>", True),
+    ],
+)
+def test_page_holds_jws_spares_only_id_token_inputs(page: str, holds: bool) -> None:
+    assert leaks.page_holds_jws(page.encode()) is holds

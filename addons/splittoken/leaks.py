@@ -51,12 +51,26 @@ def hands_out_token(locations: Iterable[str], body: bytes) -> bool:
     grant, hybrid flows): a JWS in a redirect's query or fragment other than an ``id_token`` parameter's
     (the client's to read), or a page (form_post, web_message) naming an access or refresh token beside a
     JWS."""
-    if any(text_holds_jws(_without_id_tokens(location)) for location in locations):
+    if any(redirect_holds_jws(location) for location in locations):
         return True
     return holds_jws(body) and any(name in text for text in readings(body) for name in _TOKEN_NAMES)
 
 
 _TOKEN_NAMES = ("access_token", "refresh_token")
+
+
+# An HTML input named id_token (OIDC form_post), whatever the order of its attributes.
+_ID_TOKEN_INPUT = re.compile(rb"""<input\b[^>]*\bname\s*=\s*["']?id_token\b[^>]*>""", re.IGNORECASE)
+
+
+def page_holds_jws(raw: bytes) -> bool:
+    """Whether an authorization server's page holds a JWS other than a form_post ``id_token`` input's."""
+    return holds_jws(_ID_TOKEN_INPUT.sub(b"", raw))
+
+
+def redirect_holds_jws(location: str) -> bool:
+    """Whether a redirect holds a JWS other than an ``id_token`` parameter's (OIDC hybrid flows)."""
+    return text_holds_jws(_without_id_tokens(location))
 
 
 def _without_id_tokens(location: str) -> str:

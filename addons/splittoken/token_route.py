@@ -74,7 +74,10 @@ class TokenRoute:
         (pages, userinfo) are refused only when they hold a token."""
         assert flow.response
         response = flow.response
-        if any(leaks.text_holds_jws(value) for _, value in response.headers.items(multi=True)):
+        if any(
+            leaks.redirect_holds_jws(value) if name.lower() == "location" else leaks.text_holds_jws(value)
+            for name, value in response.headers.items(multi=True)
+        ):
             return self.answers.refuse(flow, st, policy.bad_gateway("a JWS in a response header"))
         try:
             raw = decoded(response, self.settings.max_body)
@@ -84,8 +87,14 @@ class TokenRoute:
             return self.answers.refuse(flow, st, policy.bad_gateway(f"cannot decode the response: {e}"))
         if not 200 <= response.status_code < 300:
             return await self._error_response(flow, st, raw)
+        ctype = response.headers.get("content-type", "")
+        if not strict and _is_page(ctype):
+            # A page (a login form, a form_post of an id_token), no token answer: read as a browser reads it.
+            if leaks.page_holds_jws(raw):
+                return self.answers.refuse(flow, st, policy.bad_gateway("a page holding a JWS"))
+            return self.answers.pass_on(flow, st, raw)
         try:
-            body = TokenBody.parse(response.headers.get("content-type", ""), raw)
+            body = TokenBody.parse(ctype, raw)
         except Unparseable as e:
             if (strict and raw.strip()) or leaks.holds_jws(raw):
                 # A client may read more into it than the proxy could (a body cut short, an HTML page).
@@ -231,3 +240,8 @@ class TokenRoute:
             raise TokenRefused(f"cannot fetch the JWKS to verify the token: {type(e).__name__}") from None
         except jwt.PyJWTError as e:
             raise TokenRefused(f"signature verification failed: {type(e).__name__}") from None
+
+
+def _is_page(content_type: str) -> bool:
+    """A content type browsers render (HTML), which is never a token answer's."""
+    return content_type.partition(";")[0].strip().lower() in ("text/html", "application/xhtml+xml")

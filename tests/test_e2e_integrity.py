@@ -983,6 +983,25 @@ def test_discovery_and_key_sets_stay_public(proxy: Listeners, path: str) -> None
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.parametrize("path", ["/oauth/token.json", "/oauth/token%2Ejson", "/connect/token/v2"])
+def test_a_token_request_no_filter_names_is_judged_by_its_body(
+    scoped: Listeners, gateway: CannedServer, path: str
+) -> None:
+    """Property 1 (the class): with an API filter naming only the API, requests to the authorization
+    server's listener are no API route, and a token path spelling the token filter does not know (a Rails
+    format suffix, an encoded dot) used to pass unjudged: the JWT and the refresh token reached the client.
+    A POST whose body is a token request is one, whatever its path."""
+    access = sign({"sub": "victim", **SECRET_CLAIMS, "exp": int(time.time()) + 300})
+    refresh = "opaque-refresh-" + "r" * 32
+    answer = {"access_token": access, "token_type": "Bearer", "expires_in": 300, "refresh_token": refresh}
+    script: Answer = (200, {"Content-Type": "application/json"}, json.dumps(answer).encode())
+    gateway.script.append(lambda request: script)
+    reply = requests.post(scoped["gateway"] + path, data=CANNED_LOGIN, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert "." not in reply.json()["access_token"]
+    assert_no_token(reply, real=[access, refresh], claims=SECRET_CLAIMS.values())
+
+
 def test_an_implicit_grant_never_hands_the_browser_a_jwt(
     idp: ManagedProcess, api: ManagedProcess, gateway: CannedServer, tmp_path: Path
 ) -> None:

@@ -19,10 +19,11 @@ from splittoken.bodies import TokenBody
 from splittoken.settings import parse_settings
 
 TOKEN_PATH = "/realms/demo/protocol/openid-connect/token"
-DEFAULTS = parse_settings(
-    {option.name: option.default for option in options.OPTIONS}
-    | {"confdir": "~", "stream_large_bodies": None}
-)
+OPTION_VALUES = {option.name: option.default for option in options.OPTIONS} | {
+    "confdir": "~",
+    "stream_large_bodies": None,
+}
+DEFAULTS = parse_settings(OPTION_VALUES)
 
 
 @pytest.mark.parametrize(
@@ -79,6 +80,19 @@ def test_normalised_paths_are_stable(target: str) -> None:
     once = routing.normalised_path(target)
     assert once.startswith("/")
     assert routing.normalised_path(once) == once or "%" in urllib.parse.unquote(once.partition("?")[0])
+
+
+def test_a_post_no_filter_names_may_still_be_a_token_request() -> None:
+    """In reverse mode a POST that no filter names is a token request candidate, judged by its body: a token
+    path spelling no filter foresaw (``/token.json``) is no way around the token route. Other methods, and
+    requests in other modes, stay no route of ours."""
+    scoped = parse_settings(OPTION_VALUES | {"splittoken_api_filter": '~u "^http://api\\.example/"'})
+    flow = token_flow(url=f"{IDP}/oauth/token.json", mode=REVERSE_IDP)
+    classified = routing.classify(flow, scoped)
+    assert (classified.route, classified.fallback, classified.by_body) == ("token", None, True)
+    flow.request.method = "GET"
+    assert routing.classify(flow, scoped).route is None
+    assert routing.classify(token_flow(url=f"{IDP}/oauth/token.json"), scoped).route is None
 
 
 @pytest.mark.parametrize(

@@ -160,7 +160,9 @@ class SplitToken:
         st.publish(flow.metadata)
         # Token and revocation bodies are read and rewritten: they must be buffered, never streamed, and
         # answered uncompressed, so that a response is judged without inflating what a server compressed.
-        flow.request.stream = False
+        # Any other POST may stream as mitmproxy decides: a token request is never that large.
+        if not classified.by_body:
+            flow.request.stream = False
         flow.request.headers["accept-encoding"] = "identity"
         return None
 

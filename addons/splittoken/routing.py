@@ -28,6 +28,7 @@ class Classified:
     route: Route | None
     fallback: Route | None = None
     endpoint: str = ""  # ``endpoint(flow)``, worked out once for the flow's hooks
+    by_body: bool = False  # no filter named it: only its body can make it a token request
 
 
 def classify(flow: http.HTTPFlow, settings: Settings) -> Classified:
@@ -46,9 +47,13 @@ def _classified(flow: http.HTTPFlow, settings: Settings, path: str) -> Classifie
         route = "introspect"
     elif settings.token_filter and settings.token_filter(flow):
         route = "token"
-    if route is None and fallback is None:
-        return Classified(None)
     here = origin(flow) + path.partition("?")[0]
+    if route is None and fallback is None:
+        if flow.request.method == "POST" and in_reverse_mode(flow):
+            # A token request is what its body says (``is_endpoint_request``), whatever its path: a spelling
+            # no filter foresaw (``/token.json``, a format suffix Rails routes accept) is judged all the same.
+            return Classified("token", None, here, by_body=True)
+        return Classified(None)
     return Classified(route, fallback, here) if route else Classified(fallback, None, here)
 
 

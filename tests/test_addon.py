@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.flow import Error
 from mitmproxy.test import tflow
 
 from hooks import HookDriver as Proxy
@@ -16,6 +17,7 @@ from oauth_flows import (
     body_of,
     json_response,
     login,
+    make_jwt,
     refresh_flow,
     token_fields,
     token_flow,
@@ -128,3 +130,35 @@ async def test_a_misconfigured_proxys_503_can_be_read_by_pages_allowed_before(pr
     assert not await proxy.request(flow)
     assert_error(flow.response, 503, "temporarily_unavailable")
     assert flow.response.headers["Access-Control-Allow-Origin"] == PAGE
+
+
+# -----------------------------------------------------------------------------------------------------------
+# What mitmproxy would say itself about an upstream answer
+
+
+async def test_a_reason_phrase_is_the_standard_one(proxy: Proxy) -> None:
+    """``HTTP/1.1 200 <the JWT>``: no check reads the reason phrase, so none passes; without the rewrite the
+    JWT reaches the client in it."""
+    leaked = make_jwt(sub="bob")
+    upstream = json_response(token_fields())
+    upstream.reason = leaked
+    answer = await proxy.exchange(token_flow(), upstream)
+    assert answer.status_code == 200
+    assert answer.reason == "OK"
+
+
+async def test_an_unreadable_upstream_answer_is_closed_not_quoted(proxy: Proxy) -> None:
+    """mitmproxy answers an upstream answer it cannot parse with a 502 page quoting it (an invalid header
+    line holding the JWT): the flow is killed instead. One whose connection never came up keeps its 502."""
+    flow = token_flow()
+    assert await proxy.request(flow)
+    flow.server_conn.timestamp_tcp_setup = time.time()
+    flow.error = Error("Invalid header line: b'X-Debug eyJ...'")
+    proxy.addon.error(flow)
+    assert flow.error.msg == Error.KILLED_MESSAGE
+    unreachable = token_flow()
+    assert await proxy.request(unreachable)
+    unreachable.server_conn.timestamp_tcp_setup = None
+    unreachable.error = Error("connection refused")
+    proxy.addon.error(unreachable)
+    assert unreachable.error.msg == "connection refused"

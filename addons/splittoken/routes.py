@@ -11,6 +11,7 @@ from collections.abc import Awaitable
 
 import jwt
 from mitmproxy import http
+from mitmproxy.net.http import status_codes
 
 from . import policy, routing
 from .answers import Answers, to_response
@@ -66,6 +67,9 @@ class Routes:
         return True
 
     def responseheaders(self, flow: http.HTTPFlow, st: FlowState) -> None:
+        if flow.response:
+            # The reason phrase is free text no check reads (``HTTP/1.1 200 <the JWT>``), and no client needs.
+            flow.response.reason = status_codes.RESPONSES.get(flow.response.status_code, "")
         if flow.response and flow.response.stream and (st.route != "api" or st.authorization_server):
             # mitmproxy streams what exceeds stream_large_bodies (kept at or above splittoken_max_body by
             # configure), and a streamed token response would reach the client before it is judged: too
@@ -111,6 +115,11 @@ class Routes:
 
     def error(self, flow: http.HTTPFlow, st: FlowState) -> None:
         self.refreshes.settle(flow, st, to_response(policy.bad_gateway("authorization server unreachable")))
+        if flow.server_conn.timestamp_tcp_setup is not None and flow.killable:
+            # The upstream answered something unreadable: mitmproxy's own 502 page would quote it, tokens and
+            # all. Closed instead (a connection that never came up has nothing to quote: its 502 stays).
+            logger.error("unreadable answer from upstream on %s: closed", logged_path(flow))
+            flow.kill()
 
 
 def jwks_client(url: str, previous: jwt.PyJWKClient | None) -> jwt.PyJWKClient | None:

@@ -209,7 +209,9 @@ def test_a_killed_master_loses_no_acknowledged_record(fresh_sentinel: SentinelTo
     # The same store object writes to the new master, which has no replica left: automatically, 0 wanted.
     wait_until("writes reach the new master", lambda: put_succeeds(store, key("after"), b"v"))
     assert on_server(fresh_sentinel, new, key("after")) == b"v"
-    assert store.stats().records == len(acknowledged) + 1
+    # Every acknowledged record, and maybe a write refused for want of a replica's acknowledgement that the
+    # replica had received all the same (the caller was told it failed: fail closed, nothing lost).
+    assert store.stats().records >= len(acknowledged) + 1
     store.close()
 
 

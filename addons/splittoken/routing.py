@@ -7,6 +7,7 @@ connection's, named as mitmproxy verified it, not the Host header.
 from __future__ import annotations
 
 import ipaddress
+import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,17 @@ class Classified:
     fallback: Route | None = None
     endpoint: str = ""  # ``endpoint(flow)``, worked out once for the flow's hooks
     by_body: bool = False  # no filter named it: only its body can make it a token request
+
+
+# A Host header as RFC 3986 has an authority (no "/", "?", "#" or "@"): filters read it as part of the URL,
+# and one holding a path ("x/.well-known/jwks.json?") would make any path look public.
+_AUTHORITY = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:\[\]%-]*")
+
+
+def host_is_an_authority(flow: http.HTTPFlow) -> bool:
+    """Whether the Host header is an authority (RFC 3986 §3.2: no "/", "?", "#" or "@"). Filters read it as
+    part of the URL (mitmproxy's pretty_url): one holding "?" or a path would hide the real path from them."""
+    return bool(_AUTHORITY.fullmatch(flow.request.host_header or ""))
 
 
 def classify(flow: http.HTTPFlow, settings: Settings) -> Classified:

@@ -130,6 +130,17 @@ def test_refresh_handles_work_only_at_their_token_endpoint() -> None:
     assert routing.issued_here("http://idp.example:80", here)  # records from before endpoints were bound
 
 
+def test_real_tokens_go_only_where_every_server_reads_the_token_endpoint() -> None:
+    """``..%2F``: a dot segment to a server that decodes ``%2F`` first, a plain name to one that keeps it in
+    its segment (and routes the request under /api/). Without the second reading the real refresh token, or
+    the JWT for an introspection, was swapped into a request that such a server hands to the API."""
+    issuer = "http://idp.example:80/realms/demo/protocol/openid-connect/token"
+    target = "http://idp.example/api/x/..%2F..%2F..%2Frealms/demo/protocol/openid-connect/token"
+    assert not routing.issued_here(issuer, token_flow(url=target))
+    assert not routing.may_revoke_here(issuer, token_flow(url=target + "/introspect"))
+    assert routing.may_revoke_here(issuer, token_flow(url=f"{IDP}/revoke"))
+
+
 def test_revocation_goes_only_beside_the_token_endpoint() -> None:
     issuer = "http://idp.example:80/realms/demo/protocol/openid-connect/token"
     assert routing.may_revoke_here(issuer, token_flow(url=f"{IDP}/revoke"))

@@ -124,14 +124,16 @@ def is_endpoint_request(route: Route, body: TokenBody | None, authorization: str
     return any(isinstance(body.fields.get(name), str) for name in ("client_id", "client_assertion"))
 
 
-def normalised_path(target: str) -> str:
+def normalised_path(target: str, *, decoded_slashes: bool = True) -> str:
     """A request target's path as lenient servers route it, its query kept: no fragment, no ``;`` path
     parameters, every percent-escape undone (some servers decode ``%2F`` before routing), dot segments
-    removed (RFC 3986 §5.2.4), empty segments and a trailing slash dropped."""
+    removed (RFC 3986 §5.2.4), empty segments and a trailing slash dropped. ``decoded_slashes=False``: as
+    servers that keep an encoded ``/`` inside its segment route it (``..%2F`` is then no dot segment)."""
     path, sep, query = target.partition("#")[0].partition("?")
     segments: list[str] = []
     for raw in path.split("/"):
-        for part in urllib.parse.unquote(raw.partition(";")[0]).split("/"):
+        decoded = urllib.parse.unquote(raw.partition(";")[0])
+        for part in decoded.split("/") if decoded_slashes else [decoded]:
             if part == "..":
                 if segments:
                     segments.pop()
@@ -146,9 +148,17 @@ def endpoint(flow: http.HTTPFlow) -> str:
     return origin(flow) + normalised_path(flow.request.path).partition("?")[0]
 
 
+def _endpoints(flow: http.HTTPFlow) -> set[str]:
+    """``endpoint(flow)`` as every kind of server reads an encoded ``/``: a real token goes only where all
+    of them agree it goes."""
+    target = flow.request.path
+    paths = {normalised_path(target), normalised_path(target, decoded_slashes=False)}
+    return {origin(flow) + path.partition("?")[0] for path in paths}
+
+
 def issued_here(issuer: str, flow: http.HTTPFlow) -> bool:
     """Whether ``flow`` goes to the token endpoint ``issuer``, the only one its refresh handles work at."""
-    return issuer == endpoint(flow) if _has_path(issuer) else issuer == origin(flow)
+    return _endpoints(flow) == {issuer} if _has_path(issuer) else issuer == origin(flow)
 
 
 def may_revoke_here(issuer: str, flow: http.HTTPFlow) -> bool:
@@ -158,7 +168,7 @@ def may_revoke_here(issuer: str, flow: http.HTTPFlow) -> bool:
     if not _has_path(issuer):
         return issuer == origin(flow)
     home = issuer.rpartition("/")[0] + "/"
-    return endpoint(flow).startswith(home)
+    return all(here.startswith(home) for here in _endpoints(flow))
 
 
 def _has_path(issuer: str) -> bool:

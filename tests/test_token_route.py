@@ -150,6 +150,20 @@ async def test_id_token_must_not_carry_the_access_token_out(proxy: Proxy) -> Non
     assert access.encode() not in (client.raw_content or b"")
 
 
+@pytest.mark.parametrize(
+    "id_token", [lambda a: a + "A", lambda a: a.rpartition(".")[0] + ".c2lnbmF0dXJl", lambda a: "x" + a]
+)
+async def test_an_id_token_holding_the_access_tokens_claims_is_no_id_token(
+    proxy: Proxy, id_token: Any
+) -> None:
+    """The same check, for an id_token that is the access token give or take a character or a signature: its
+    claims (and, with the character stripped, the whole token) were the client's to read."""
+    access = make_jwt(email="alice@example.com")
+    fields = {"access_token": access, "id_token": id_token(access)}
+    client = await proxy.exchange(token_flow(), json_response(fields))
+    assert access.split(".")[1].encode() not in (client.raw_content or b"")
+
+
 async def test_jwt_refresh_token_is_replaced(proxy: Proxy) -> None:
     refresh = make_jwt(typ="Refresh", exp=int(time.time()) + 1800)
     fields = token_fields(refresh_token=refresh)

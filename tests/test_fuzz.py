@@ -305,8 +305,10 @@ async def test_no_jws_but_the_id_token_reaches_the_client(
     event(f"upstream {status} -> client {client.status_code}{' rewritten' if rewritten else ''}")
 
     if not 200 <= status < 300:
-        # The provider's errors pass unchanged, unless they would carry a token out: then 502.
-        if leaks.holds_jws(before.get_content() or b""):
+        # The provider's errors pass unchanged, unless they would carry a token out (a JWS, or a field
+        # named for a refresh token, whose value may be opaque): then 502.
+        content = before.get_content() or b""
+        if leaks.holds_jws(content) or leaks.names_a_refresh_token(content.decode("utf-8", "replace")):
             assert client.status_code == 502
         else:
             assert client.raw_content == before.raw_content

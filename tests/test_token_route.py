@@ -125,6 +125,25 @@ async def test_a_json_answer_labelled_a_form_is_read_as_its_client_reads_it(prox
     assert json.loads(answer.content or b"")["refresh_token"] != fields["refresh_token"]
 
 
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        lambda rt: http.Response.make(302, b"", {"Location": f"https://app/cb#refresh_token={rt}"}),
+        lambda rt: http.Response.make(200, b"{}", {"Set-Cookie": f"refresh_token={rt}; HttpOnly"}),
+        lambda rt: http.Response.make(200, b"{}", {"Link": f"<https://x/?refresh_token={rt}>"}),
+        lambda rt: json_response({"error": "invalid_scope", "refresh_token": rt}, status=400),
+    ],
+    ids=["Location", "Set-Cookie", "Link", "error body"],
+)
+async def test_an_opaque_refresh_token_outside_a_token_answer_is_refused(proxy: Proxy, upstream: Any) -> None:
+    """An opaque refresh token is known by its name only, and none belongs in a header or an error: without
+    the check the real one reached the client."""
+    real = "opaque-real-refresh-" + "r" * 24
+    answer = await proxy.exchange(token_flow(), upstream(real))
+    assert_error(answer, 502, "server_error")
+    assert real not in str(answer.headers) + (answer.get_text() or "")
+
+
 async def test_jwe_access_token_passes_byte_for_byte(proxy: Proxy) -> None:
     header = jwt.utils.base64url_encode(b'{"alg":"RSA-OAEP-256","enc":"A256GCM"}').decode()
     jwe = f"{header}.{'Q' * 342}.{'SVZJVklWSVZJVg'}.{'Y2lwaGVy' * 20}.{'dGFndGFndGFndGFn'}"

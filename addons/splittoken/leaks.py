@@ -41,6 +41,12 @@ def text_holds_jws(text: str) -> bool:
     return any(True for reading in _unescaped(text) for _ in jws.find_jws(reading))
 
 
+def names_a_refresh_token(text: str) -> bool:
+    """Whether a text, its escapes undone, names a refresh token (``refresh_token=…``, ``"refresh_token":``)
+    where none belongs: an opaque one is known by its name alone."""
+    return any("refresh_token" in reading.lower() for reading in _unescaped(text))
+
+
 def holds_jws(raw: bytes) -> bool:
     """Whether a body, read any way a client might read it, holds a compact JWS."""
     return any(True for text in readings(raw) for _ in jws.find_jws(text))

@@ -79,6 +79,10 @@ class TokenRoute:
             for name, value in response.headers.items(multi=True)
         ):
             return self.answers.refuse(flow, st, policy.bad_gateway("a JWS in a response header"))
+        if any(leaks.names_a_refresh_token(value) for _, value in response.headers.items(multi=True)):
+            # An opaque refresh token is found by its name only: none belongs in a header (a Location's
+            # fragment, a cookie, a link).
+            return self.answers.refuse(flow, st, policy.bad_gateway("a refresh token in a response header"))
         try:
             raw = decoded(response, self.settings.max_body)
         except TooLarge:
@@ -112,8 +116,8 @@ class TokenRoute:
     async def _error_response(self, flow: http.HTTPFlow, st: FlowState, raw: bytes) -> None:
         """The provider's errors pass unchanged, unless they carry a token out."""
         assert flow.response
-        if leaks.holds_jws(raw):
-            return self.answers.refuse(flow, st, policy.bad_gateway("an error response holding a JWS"))
+        if leaks.holds_jws(raw) or leaks.names_a_refresh_token(raw.decode("utf-8", "replace")):
+            return self.answers.refuse(flow, st, policy.bad_gateway("an error response holding a token"))
         self.answers.pass_on(flow, st, raw)
         if st.answered:
             return

@@ -146,3 +146,19 @@ def test_redirect_holds_jws_spares_only_id_token_parameters(location: str, holds
 )
 def test_page_holds_jws_spares_only_id_token_inputs(page: str, holds: bool) -> None:
     assert leaks.page_holds_jws(page.encode()) is holds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"protected": "eyJhbGciOiJSUzI1NiJ9", "payload": "eyJzdWIiOiJhbGljZSJ9", "signature": "c2ln"},
+        {"payload": "eyJzdWIiOiJhbGljZSJ9", "signatures": [{"protected": "eyJ9", "signature": "c2ln"}]},
+        '{"payload": "eyJzdWIiOiJhbGljZSJ9", "signature": "c2ln", "protected": "eyJhbGciOiJSUzI1NiJ9"}',
+    ],
+    ids=["flattened", "general", "flattened in a string"],
+)
+def test_a_jws_in_json_serialization_is_a_jws(value: object) -> None:
+    """RFC 7515 §7.2: its claims are as readable as a compact JWS's, and ``protected.payload.signature``
+    is the compact one. Without the check an access_token in this form reached the client."""
+    assert leaks.leaked_jws({"access_token": value}, allowed=None)
+    assert not leaks.leaked_jws({"access_token": {"payload": "x"}, "note": "payload"}, allowed=None)

@@ -6,6 +6,7 @@ text only as it stands would miss a token behind an escape, so every reading is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import urllib.parse
@@ -111,12 +112,31 @@ def leaked_jws(fields: dict[str, Any], *, allowed: str | None) -> bool:
     A value may itself be encoded text (JSON or a query string inside a field): its escapes are undone too,
     so that ``\\u0000eyJ…`` or ``%3AeyJ…`` does not glue the token's first segment to the escape.
     """
-    return any(
+    return _json_serialized_jws(fields) or any(
         found != allowed
         for text in strings_in(fields)
         for reading in _unescaped(text)
         for found in jws.find_jws(reading)
     )
+
+
+def _json_serialized_jws(value: Any) -> bool:
+    """Whether a parsed JSON value holds a JWS in its JSON serialization (RFC 7515 §7.2: flattened or
+    general), as an object or as a string holding one: its claims are readable, and the compact JWS is
+    ``protected.payload.signature``."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and '"payload"' in item:
+            with contextlib.suppress(ValueError, RecursionError):
+                stack.append(json.loads(item))
+        elif isinstance(item, dict):
+            if isinstance(item.get("payload"), str) and ("signature" in item or "signatures" in item):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _unescaped(text: str) -> Iterator[str]:

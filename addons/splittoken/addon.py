@@ -23,6 +23,7 @@ from .audit import Reason
 from .discovery import Discovered
 from .errors import OptionInvalid, ReplicasInvalid, StoreInvalid, StoreUnavailable
 from .events import COUNTS, Events
+from .logs import RedactedLogs
 from .refresh import Flights
 from .routes import Routes, jwks_client
 from .settings import Settings, parse_settings
@@ -50,8 +51,10 @@ class SplitToken:
         self.misconfigured: str | None = None
         self.jwks: jwt.PyJWKClient | None = None
         self._purger: asyncio.Task[None] | None = None
+        self.logs = RedactedLogs()  # no token in any log line, mitmproxy's own included
 
     def load(self, loader: Any) -> None:
+        self.logs.install(loader.master)
         options.declare(loader)
         # mitmproxy drops a script whose --set value does not convert (an int option set to "abc") and runs
         # on as a plain proxy, silently. Converting our values here turns that into an error at start-up,
@@ -138,6 +141,7 @@ class SplitToken:
             self.vault.close()
             self.vault = None
         self.events.close()
+        self.logs.uninstall()
 
     # -----------------------------------------------------------------------------------------------------
     # Hooks

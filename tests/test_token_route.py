@@ -144,6 +144,17 @@ async def test_an_opaque_refresh_token_outside_a_token_answer_is_refused(proxy: 
     assert real not in str(answer.headers) + (answer.get_text() or "")
 
 
+@pytest.mark.parametrize("lead", ["\u200b", "\ufeff\ufeff", "x"])
+async def test_a_refresh_token_the_proxy_could_not_read_as_a_field_is_refused(
+    proxy: Proxy, lead: str
+) -> None:
+    """A byte before the JSON made it a one-field form to the proxy; a lenient reader skips it and finds the
+    real refresh token. Named but not handed out as a handle: refused."""
+    raw = (lead + json.dumps({"access_token": "opaque", "refresh_token": "rt-REAL-abc123=="})).encode()
+    answer = await proxy.exchange(token_flow(), http.Response.make(200, raw, {"Content-Type": "text/plain"}))
+    assert_error(answer, 502, "server_error")
+
+
 async def test_jwe_access_token_passes_byte_for_byte(proxy: Proxy) -> None:
     header = jwt.utils.base64url_encode(b'{"alg":"RSA-OAEP-256","enc":"A256GCM"}').decode()
     jwe = f"{header}.{'Q' * 342}.{'SVZJVklWSVZJVg'}.{'Y2lwaGVy' * 20}.{'dGFndGFndGFndGFn'}"

@@ -611,25 +611,32 @@ def test_revoking_the_current_refresh_handle_ends_the_grace_replay(
     assert_chain_dead(gateway, minted_before)
 
 
-def test_revocation_during_a_refresh_wins(proxy: Listeners, gateway: CannedServer) -> None:
-    """Property 4: a revocation that lands while a refresh of the same handle is in flight wins: no live
-    refresh handle comes back, and nothing of the chain stays alive at the authorization server."""
+def revoke_during_a_refresh(refresher: Listeners, revoker: Listeners, gateway: CannedServer) -> None:
+    """A refresh through ``refresher`` that the authorization server takes 1.5 s to answer, and meanwhile a
+    revocation of its handle through ``revoker``: no live refresh handle comes back through either, and
+    nothing of the chain stays alive at the authorization server."""
     minted_before = set(gateway.issued_refresh)
-    refresh = canned_login(proxy["gateway"])["refresh_token"]
+    refresh = canned_login(refresher["gateway"])["refresh_token"]
     since = len(gateway.received)
 
     def refresh_arrived() -> bool:
         return any(r.form().get("grant_type") == "refresh_token" for r in gateway.received[since:])
 
     with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(canned_refresh, proxy["gateway"], refresh, delay="1.5")
+        slow = pool.submit(canned_refresh, refresher["gateway"], refresh, delay="1.5")
         wait_until(refresh_arrived, "the refresh reached the authorization server")
-        assert revoke(proxy["gateway"], refresh, data=CANNED_CLIENT).status_code == 200
+        assert revoke(revoker["gateway"], refresh, data=CANNED_CLIENT).status_code == 200
         answer = slow.result()
     if answer.status_code == 200 and "refresh_token" in answer.json():
-        again = canned_refresh(proxy["gateway"], answer.json()["refresh_token"])
-        assert again.status_code == 400, "the refresh handle came back alive after its revocation"
+        for through in (refresher, revoker):
+            again = canned_refresh(through["gateway"], answer.json()["refresh_token"])
+            assert again.status_code == 400, "the refresh handle came back alive after its revocation"
     assert_chain_dead(gateway, minted_before)
+
+
+def test_revocation_during_a_refresh_wins(proxy: Listeners, gateway: CannedServer) -> None:
+    """Property 4: a revocation that lands while a refresh of the same handle is in flight wins."""
+    revoke_during_a_refresh(proxy, proxy, gateway)
 
 
 def test_revocation_through_another_proxy_during_a_refresh_wins(
@@ -640,23 +647,7 @@ def test_revocation_through_another_proxy_during_a_refresh_wins(
     brought. Without the wait the second proxy revokes the used one, and the new one stays alive upstream."""
     upstreams = {"idp": url(idp), "api": url(api), "gateway": gateway.url}
     with listeners(upstreams, proxy.store) as second:
-        minted_before = set(gateway.issued_refresh)
-        refresh = canned_login(proxy["gateway"])["refresh_token"]
-        since = len(gateway.received)
-
-        def refresh_arrived() -> bool:
-            return any(r.form().get("grant_type") == "refresh_token" for r in gateway.received[since:])
-
-        with ThreadPoolExecutor(1) as pool:
-            slow = pool.submit(canned_refresh, proxy["gateway"], refresh, delay="1.5")
-            wait_until(refresh_arrived, "the refresh reached the authorization server")
-            assert revoke(second["gateway"], refresh, data=CANNED_CLIENT).status_code == 200
-            answer = slow.result()
-        if answer.status_code == 200 and "refresh_token" in answer.json():
-            for through in (proxy, second):
-                again = canned_refresh(through["gateway"], answer.json()["refresh_token"])
-                assert again.status_code == 400, "the refresh handle came back alive after its revocation"
-        assert_chain_dead(gateway, minted_before)
+        revoke_during_a_refresh(proxy, second, gateway)
 
 
 # ---------------------------------------------------------------------------------------------------------

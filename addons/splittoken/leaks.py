@@ -42,6 +42,18 @@ def text_holds_jws(text: str) -> bool:
     return any(True for reading in _unescaped(text) for _ in jws.find_jws(reading))
 
 
+def header_problem(headers: Iterable[tuple[str, str]]) -> str | None:
+    """Why an authorization server's answer headers must not reach the client: a JWS (but a redirect's
+    ``id_token`` parameter), or a refresh token named, since an opaque one is known by its name only and none
+    belongs in a header (a Location's fragment, a cookie, a link). None when they may."""
+    for name, value in headers:
+        if redirect_holds_jws(value) if name.lower() == "location" else text_holds_jws(value):
+            return "a JWS in a response header"
+        if names_a_refresh_token(value):
+            return "a refresh token in a response header"
+    return None
+
+
 def names_a_refresh_token(text: str) -> bool:
     """Whether a text, its escapes undone, names a refresh token (``refresh_token=…``, ``"refresh_token":``)
     where none belongs: an opaque one is known by its name alone."""

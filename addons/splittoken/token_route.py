@@ -74,15 +74,8 @@ class TokenRoute:
         (pages, userinfo) are refused only when they hold a token."""
         assert flow.response
         response = flow.response
-        if any(
-            leaks.redirect_holds_jws(value) if name.lower() == "location" else leaks.text_holds_jws(value)
-            for name, value in response.headers.items(multi=True)
-        ):
-            return self.answers.refuse(flow, st, policy.bad_gateway("a JWS in a response header"))
-        if any(leaks.names_a_refresh_token(value) for _, value in response.headers.items(multi=True)):
-            # An opaque refresh token is found by its name only: none belongs in a header (a Location's
-            # fragment, a cookie, a link).
-            return self.answers.refuse(flow, st, policy.bad_gateway("a refresh token in a response header"))
+        if problem := leaks.header_problem(response.headers.items(multi=True)):
+            return self.answers.refuse(flow, st, policy.bad_gateway(problem))
         try:
             raw = decoded(response, self.settings.max_body)
         except TooLarge:
@@ -104,6 +97,12 @@ class TokenRoute:
                 # A client may read more into it than the proxy could (a body cut short, an HTML page).
                 return self.answers.refuse(flow, st, policy.bad_gateway(f"unparseable token response ({e})"))
             return self.answers.pass_on(flow, st, raw)
+        await self._answer(flow, st, body, raw, strict)
+
+    async def _answer(
+        self, flow: http.HTTPFlow, st: FlowState, body: TokenBody, raw: bytes, strict: bool
+    ) -> None:
+        """A token answer read: its tokens become handles, or it passes, or it is refused."""
         try:
             issue = await self._issue(flow, st, body)
         except TokenRefused as e:

@@ -149,16 +149,16 @@ async def test_a_reason_phrase_is_the_standard_one(proxy: Proxy) -> None:
 
 async def test_an_unreadable_upstream_answer_is_closed_not_quoted(proxy: Proxy) -> None:
     """mitmproxy answers an upstream answer it cannot parse with a 502 page quoting it (an invalid header
-    line holding the JWT): the flow is killed instead. One whose connection never came up keeps its 502."""
-    flow = token_flow()
-    assert await proxy.request(flow)
-    flow.server_conn.timestamp_tcp_setup = time.time()
-    flow.error = Error("Invalid header line: b'X-Debug eyJ...'")
-    proxy.addon.error(flow)
-    assert flow.error.msg == Error.KILLED_MESSAGE
-    unreachable = token_flow()
-    assert await proxy.request(unreachable)
-    unreachable.server_conn.timestamp_tcp_setup = None
-    unreachable.error = Error("connection refused")
-    proxy.addon.error(unreachable)
-    assert unreachable.error.msg == "connection refused"
+    line holding the JWT): the flow is killed instead. An error that quotes nothing keeps its 502."""
+    for quoting in ("Invalid header line: b'X-Debug abc'", "illegal chunk header: bytearray(b'rt-1')"):
+        flow = token_flow()
+        assert await proxy.request(flow)
+        flow.error = Error(quoting)
+        proxy.addon.error(flow)
+        assert flow.error.msg == Error.KILLED_MESSAGE
+    for plain in ("connection refused", "Server disconnected.", "HTTP/1 protocol error: peer closed"):
+        flow = token_flow()
+        assert await proxy.request(flow)
+        flow.error = Error(plain)
+        proxy.addon.error(flow)
+        assert flow.error.msg == plain

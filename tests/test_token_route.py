@@ -155,6 +155,14 @@ async def test_a_refresh_token_the_proxy_could_not_read_as_a_field_is_refused(
     assert_error(answer, 502, "server_error")
 
 
+async def test_an_error_that_only_names_the_refresh_token_parameter_passes(proxy: Proxy) -> None:
+    """Prose naming the parameter gives no token a value: the client gets the server's 400 as it was."""
+    error = {"error": "invalid_request", "error_description": "Missing parameter: refresh_token"}
+    answer = await proxy.exchange(token_flow(), json_response(error, status=400))
+    assert answer.status_code == 400
+    assert json.loads(answer.content or b"") == error
+
+
 async def test_jwe_access_token_passes_byte_for_byte(proxy: Proxy) -> None:
     header = jwt.utils.base64url_encode(b'{"alg":"RSA-OAEP-256","enc":"A256GCM"}').decode()
     jwe = f"{header}.{'Q' * 342}.{'SVZJVklWSVZJVg'}.{'Y2lwaGVy' * 20}.{'dGFndGFndGFndGFn'}"

@@ -54,10 +54,21 @@ def header_problem(headers: Iterable[tuple[str, str]]) -> str | None:
     return None
 
 
+# A refresh token given a value: a parameter (refresh_token=…) or a JSON member ("refresh_token": …). Prose
+# naming one ("Missing parameter: refresh_token", "invalid refresh_token") gives none.
+_REFRESH_TOKEN_VALUE = re.compile(r"""refresh_token["']?\s*[:=]""", re.IGNORECASE)
+
+
+def quotes_the_wire(message: str) -> bool:
+    """Whether an error message of mitmproxy's quotes bytes it received (``b'…'``, ``bytearray(b'…')``,
+    as it does for a line it cannot parse), or a JWS or refresh token in any form."""
+    return "b'" in message or 'b"' in message or text_holds_jws(message) or names_a_refresh_token(message)
+
+
 def names_a_refresh_token(text: str) -> bool:
-    """Whether a text, its escapes undone, names a refresh token (``refresh_token=…``, ``"refresh_token":``)
-    where none belongs: an opaque one is known by its name alone."""
-    return any("refresh_token" in reading.lower() for reading in _unescaped(text))
+    """Whether a text, its escapes undone, gives a refresh token a value where none belongs: an opaque one is
+    known by its name alone."""
+    return any(_REFRESH_TOKEN_VALUE.search(reading) for reading in _unescaped(text))
 
 
 def holds_jws(raw: bytes) -> bool:

@@ -17,7 +17,8 @@ def request_body(request: http.Request) -> TokenBody | None:
     """A token, revocation or introspection request's fields; None for a body the proxy cannot read, which
     holds nothing of the proxy's: the authorization server will judge it."""
     try:
-        return TokenBody.parse(request.headers.get("content-type", ""), request.get_content())
+        raw = request.get_content()  # None for a body mitmproxy streamed on: never a token request's
+        return None if raw is None else TokenBody.parse(request.headers.get("content-type", ""), raw)
     except ValueError:  # Unparseable, or a Content-Encoding mitmproxy cannot undo
         return None
 

@@ -13,7 +13,7 @@ import jwt
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
 
-from . import policy, routing
+from . import leaks, policy, routing
 from .answers import Answers, to_response
 from .api_route import ApiRoute
 from .discovery import Discovered
@@ -115,9 +115,9 @@ class Routes:
 
     def error(self, flow: http.HTTPFlow, st: FlowState) -> None:
         self.refreshes.settle(flow, st, to_response(policy.bad_gateway("authorization server unreachable")))
-        if flow.server_conn.timestamp_tcp_setup is not None and flow.killable:
-            # The upstream answered something unreadable: mitmproxy's own 502 page would quote it, tokens and
-            # all. Closed instead (a connection that never came up has nothing to quote: its 502 stays).
+        if flow.error and leaks.quotes_the_wire(flow.error.msg) and flow.killable:
+            # The upstream answered something unreadable, and mitmproxy's own 502 page would quote it, tokens
+            # and all: closed instead. An error that quotes nothing (refused, reset, timed out) keeps its 502.
             logger.error("unreadable answer from upstream on %s: closed", logged_path(flow))
             flow.kill()
 

@@ -151,9 +151,8 @@ def endpoint(flow: http.HTTPFlow) -> str:
 def _endpoints(flow: http.HTTPFlow) -> set[str]:
     """``endpoint(flow)`` as every kind of server reads an encoded ``/``: a real token goes only where all
     of them agree it goes."""
-    target = flow.request.path
-    paths = {normalised_path(target), normalised_path(target, decoded_slashes=False)}
-    return {origin(flow) + path.partition("?")[0] for path in paths}
+    kept = normalised_path(flow.request.path, decoded_slashes=False)
+    return {endpoint(flow), origin(flow) + kept.partition("?")[0]}
 
 
 def issued_here(issuer: str, flow: http.HTTPFlow) -> bool:
